@@ -53,8 +53,9 @@ class NoiseSchedule:
 
     def snr(self, t) -> Tensor:
         "Signal-to-noise ratio abar / (1 - abar) at integer timesteps t."
-        abar = self.alphas_cumprod[self._check(t).long()]
-        return abar / (1 - abar)
+        t = self._check(t)
+        abar = self.alphas_cumprod[t.to('cpu').long()]
+        return (abar / (1 - abar)).to(t.device)
 
     def predict_x0(self, x_t: Tensor, eps: Tensor, t) -> Tensor:
         "Clean sample implied by a noise prediction."
