@@ -16,10 +16,20 @@ import torch
 __all__ = ['SHAPES', 'COLORS', 'SIZES', 'DIRECTIONS', 'FACTOR_VALUES', 'PALETTE', 'COLOR_JITTER', 'RADII', 'RADIUS_JITTER',
            'PITCHES', 'AMPLITUDES', 'IMAGE_SIZE', 'NUM_FRAMES', 'FPS', 'SPEED', 'SAMPLE_RATE', 'AUDIO_SECONDS',
            'AUDIO_SAMPLES', 'BEEP_SECONDS', 'ATTACK_SECONDS', 'MAX_HARMONIC_HZ', 'IMAGE_BEEP_TIMES', 'SYNONYMS',
-           'PAIR_KINDS', 'AXIS_AND_SIGN', 'CAPTION_TEMPLATES', 'SPLITS', 'Factors', 'as_rng', 'sample_factors',
-           'shape_extent', 'free_range', 'shape_mask', 'draw_appearance', 'paint', 'render_image', 'bounce_path',
-           'render_video', 'unit_beep', 'render_audio', 'image_beeps', 'make_caption', 'make_sample', 'ToyWorldDataset',
-           'collate_samples']
+           'PAIR_KINDS', 'AXIS_AND_SIGN', 'UNRESOLVED_BOUNCE_FRAMES', 'CAPTION_TEMPLATES', 'SPLITS',
+           'FOREGROUND_THRESHOLD', 'SIZE_THRESHOLD_PX', 'FILL_THRESHOLDS', 'AMBIGUOUS_FILL', 'TOP_HEAVY_THRESHOLD',
+           'MIN_DISPLACEMENT_PX', 'ONSET_WINDOW_S', 'ONSET_HOP_S', 'ONSET_FRACTION', 'ONSET_REFRACTORY_S',
+           'SILENCE_PEAK', 'PITCH_BAND_HZ', 'TIMBRE_THRESHOLDS', 'SIZE_THRESHOLD_AMPLITUDE', 'LOUDNESS_WINDOW_S',
+           'SYNC_TOLERANCE_FRAMES', 'LAST_VISIBLE_BOUNCE_FRAME', 'WORD_TO_FACTOR', 'READERS', 'Factors', 'as_rng',
+           'sample_factors', 'shape_extent', 'free_range', 'shape_mask', 'draw_appearance', 'paint', 'render_image',
+           'bounce_path', 'bounce_times', 'render_video', 'unit_beep', 'render_audio', 'image_beeps', 'make_caption',
+           'make_sample', 'ToyWorldDataset', 'collate_samples', 'to_uint8_image', 'nearest_color', 'measure_image',
+           'classify_shape', 'read_image', 'read_measured_image', 'read_video', 'as_mono_wave', 'resample',
+           'energy_envelope', 'detect_onsets', 'max_rms', 'crest_factor', 'measure_audio', 'timbre_from_ratio',
+           'nearest_pitch', 'read_audio', 'read_text', 'sync_from_events', 'sync_score', 'coherence', 'read_any',
+           'factor_accuracy', 'modality_accuracy', 'show_images', 'video_strip', 'show_videos', 'show_video',
+           'audio_player', 'show_spectrogram', 'write_wav', 'read_wav', 'write_mp4', 'read_mp4', 'read_video_file',
+           'video_player', 'write_sample_files', 'write_toyworld', 'toyworld_cli']
 
 # %% ../nbs/04_toyworld.ipynb
 SHAPES = ('circle', 'square', 'triangle')
@@ -144,6 +154,14 @@ def bounce_path(start: float, low: float, high: float, sign: int, times) -> np.n
     folded = np.where(folded <= length, folded, 2 * length - folded)
     return low + folded if sign > 0 else high - folded
 
+UNRESOLVED_BOUNCE_FRAMES = (6.3, 6.65)   # bounces here cannot be placed on either side of frame 6.5 on a 32 px grid
+
+def bounce_times(ahead: float, length: float) -> list[float]:
+    "Bounce times (frames, < NUM_FRAMES) of a point starting `ahead` px before a wall of a free range `length` px long."
+    times, k = [], 0
+    while (t := (ahead + k * length) / SPEED) < NUM_FRAMES: times.append(float(t)); k += 1
+    return times
+
 def render_video(factors: Factors, rng) -> tuple[np.ndarray, list[float]]:
     "8 frames (uint8, 8x32x32x3) of the shape bouncing along `factors.direction`, and the bounce times in frames (t < 8)."
     if factors.direction is None: raise ValueError('a video needs factors with a direction; use sample_factors(rng, with_direction=True)')
@@ -153,12 +171,13 @@ def render_video(factors: Factors, rng) -> tuple[np.ndarray, list[float]]:
     other = 'y' if axis == 'x' else 'x'
     low, high = free_range(factors.shape, radius, axis)
     fixed = rng.uniform(*free_range(factors.shape, radius, other))
-    ahead = rng.uniform(SPEED, high - low)           # distance to the wall it moves towards: first bounce at t > 1
+    while True:                                       # distance to the wall it moves towards: first bounce at t > 1
+        ahead = rng.uniform(SPEED, high - low)
+        bounces = bounce_times(ahead, high - low)
+        if not any(UNRESOLVED_BOUNCE_FRAMES[0] <= t <= UNRESOLVED_BOUNCE_FRAMES[1] for t in bounces): break
     start = high - ahead if sign > 0 else low + ahead
     moving = bounce_path(start, low, high, sign, np.arange(NUM_FRAMES))
     cx, cy = (moving, np.full(NUM_FRAMES, fixed)) if axis == 'x' else (np.full(NUM_FRAMES, fixed), moving)
-    bounces, k = [], 0
-    while (t := (ahead + k * (high - low)) / SPEED) < NUM_FRAMES: bounces.append(float(t)); k += 1
     return paint(shape_mask(factors.shape, cx, cy, radius), rgb), bounces
 
 # %% ../nbs/04_toyworld.ipynb
@@ -262,3 +281,457 @@ def collate_samples(items: list[dict]) -> dict:
         values = [item[key] for item in items]
         batch[key] = torch.from_numpy(np.stack(values)) if isinstance(values[0], np.ndarray) else values
     return batch
+
+# %% ../nbs/04_toyworld.ipynb
+FOREGROUND_THRESHOLD = 60
+SIZE_THRESHOLD_PX = 11.5
+FILL_THRESHOLDS = (0.62, 0.93)   # fill ratio: triangle below the first, square above the second, circle between
+AMBIGUOUS_FILL = 0.76            # up to here a small circle and a small triangle overlap: decide by top-heaviness
+TOP_HEAVY_THRESHOLD = 0.38       # fraction of the area in the upper half: triangle ~0.25-0.33, circle/square ~0.5
+
+def to_uint8_image(x) -> np.ndarray:
+    "An image or video as uint8 (..., H, W, 3): accepts uint8 arrays/tensors and (..., 3, H, W) channel-first layouts."
+    if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise TypeError(f'expected uint8 pixels (0..255), got {x.dtype}; convert floats first, e.g. (x.clip(0, 1) * 255).round().astype(np.uint8)')
+    if x.ndim >= 3 and x.shape[-1] != 3 and x.shape[-3] == 3: x = np.moveaxis(x, -3, -1)
+    if x.ndim < 3 or x.shape[-1] != 3: raise ValueError(f'expected RGB pixels (..., H, W, 3), got shape {x.shape}')
+    return x
+
+def nearest_color(rgb) -> str:
+    "The palette colour nearest (Euclidean RGB) to `rgb`."
+    palette = np.array([PALETTE[c] for c in COLORS], float)
+    return COLORS[int(np.argmin(((palette - np.asarray(rgb, float)) ** 2).sum(-1)))]
+
+def measure_image(img) -> dict:
+    "Raw measurements of one image: foreground area, bounding-box side, fill ratio, upper-half area fraction, mean colour, centroid (x, y)."
+    img = to_uint8_image(img)
+    if img.ndim != 3: raise ValueError(f'expected one image (H, W, 3), got shape {img.shape}')
+    foreground = img.max(-1) > FOREGROUND_THRESHOLD
+    area = int(foreground.sum())
+    if area == 0: return {'area': 0, 'side': 0, 'fill': 0.0, 'top': 0.5, 'rgb': None, 'centroid': None}
+    rows, cols = np.nonzero(foreground)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    box = foreground[rows.min():rows.max() + 1]
+    upper, lower = box[:height // 2].sum(), box[height - height // 2:].sum()   # the middle row of an odd box is left out
+    return {'area': area, 'side': int(max(height, width)), 'fill': area / float(height * width),
+            'top': upper / max(upper + lower, 1), 'rgb': img[foreground].mean(0), 'centroid': (cols.mean() + 0.5, rows.mean() + 0.5)}
+
+def classify_shape(fill: float, top: float) -> str:
+    "Shape from the fill ratio; in the band where small circles and triangles overlap, the top-heavy one is the triangle."
+    if fill > FILL_THRESHOLDS[1]: return 'square'
+    if fill < FILL_THRESHOLDS[0] or (fill < AMBIGUOUS_FILL and top < TOP_HEAVY_THRESHOLD): return 'triangle'
+    return 'circle'
+
+def read_image(img) -> dict:
+    "Read color, shape and size of the shape in a 32x32 uint8 image (None where there is no foreground)."
+    return read_measured_image(measure_image(img))
+
+def read_measured_image(m: dict) -> dict:
+    "Factors from the measurements of `measure_image`."
+    if m['area'] == 0: return {'color': None, 'shape': None, 'size': None}
+    return {'color': nearest_color(m['rgb']), 'shape': classify_shape(m['fill'], m['top']),
+            'size': 'big' if m['side'] > SIZE_THRESHOLD_PX else 'small'}
+
+# %% ../nbs/04_toyworld.ipynb
+MIN_DISPLACEMENT_PX = 0.5
+
+def _vote(values):
+    values = [v for v in values if v is not None]
+    if not values: return None
+    names, counts = np.unique(values, return_counts=True)
+    return str(names[np.argmax(counts)])
+
+def read_video(video) -> dict:
+    "Read color, shape, size (majority over frames), direction and bounce frame indices of a uint8 (F, H, W, 3) video."
+    video = to_uint8_image(video)
+    if video.ndim != 4: raise ValueError(f'expected a video (frames, H, W, 3), got shape {video.shape}')
+    measured = [measure_image(frame) for frame in video]
+    frames = [read_measured_image(m) for m in measured]
+    out = {k: _vote([f[k] for f in frames]) for k in ('color', 'shape', 'size')}
+    centroids = [m['centroid'] for m in measured]
+    out |= {'direction': None, 'bounces': []}
+    if any(c is None for c in centroids) or len(centroids) < 2: return out
+    steps = np.diff(np.array(centroids), axis=0)                      # (F-1, 2): dx, dy
+    moving = np.nonzero(np.abs(steps).max(1) >= MIN_DISPLACEMENT_PX)[0]
+    if len(moving) == 0: return out
+    dx, dy = steps[moving[0]]
+    axis = 0 if abs(dx) >= abs(dy) else 1
+    out['direction'] = (('left', 'right') if axis == 0 else ('up', 'down'))[int(steps[moving[0], axis] > 0)]
+    along = steps[:, axis]
+    signed = [(i, np.sign(d)) for i, d in enumerate(along) if abs(d) >= MIN_DISPLACEMENT_PX]
+    # step i moves from frame i to frame i+1; a flip between steps i and j is a bounce at frame i+1 (or between i+1 and j)
+    bounces = [i + 1 for (i, a), (j, b) in zip(signed, signed[1:]) if a != b]
+    if signed and signed[-1][0] < len(along) - 1: bounces.append(signed[-1][0] + 1)   # it stops in the last step(s): a bounce half-way
+    out['bounces'] = bounces
+    return out
+
+# %% ../nbs/04_toyworld.ipynb
+ONSET_WINDOW_S, ONSET_HOP_S = 0.010, 0.0025
+ONSET_FRACTION, ONSET_REFRACTORY_S = 0.25, 0.15
+SILENCE_PEAK = 1e-3                    # a wave quieter than this has no beeps
+PITCH_BAND_HZ = (200.0, 700.0)
+TIMBRE_THRESHOLDS = (10 ** -2.9, 10 ** -1.45)   # log-scale cuts on E(3 f0) / E(f0): sine | triangle | square
+SIZE_THRESHOLD_AMPLITUDE = 0.5
+LOUDNESS_WINDOW_S = 0.025
+
+def as_mono_wave(wave, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    "A 1-D float waveform at 16 kHz from a numpy array or tensor ((n,), (1, n)); other rates are resampled."
+    if isinstance(wave, torch.Tensor): wave = wave.detach().cpu().float().numpy()
+    wave = np.asarray(wave)
+    if wave.ndim == 2 and 1 in wave.shape: wave = wave.reshape(-1)
+    if wave.ndim != 1: raise ValueError(f'expected a mono waveform (samples,), got shape {wave.shape}')
+    if not np.issubdtype(wave.dtype, np.floating): raise TypeError(f'expected float samples in [-1, 1], got {wave.dtype}')
+    if sample_rate != SAMPLE_RATE: wave = resample(wave, sample_rate, SAMPLE_RATE)
+    return wave.astype(np.float64)
+
+def resample(wave: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    "Resample a float waveform (last axis) with torchaudio's band-limited resampler."
+    import torchaudio.functional as AF
+    return AF.resample(torch.as_tensor(np.ascontiguousarray(wave), dtype=torch.float32), int(from_rate), int(to_rate)).numpy()
+
+def energy_envelope(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Short-time RMS envelope of a 16 kHz wave: (times in seconds, RMS) for 10 ms windows every 2.5 ms."
+    window, hop = int(ONSET_WINDOW_S * SAMPLE_RATE), int(ONSET_HOP_S * SAMPLE_RATE)
+    power = np.concatenate([[0.0], np.cumsum(wave ** 2)])
+    starts = np.arange(0, max(len(wave) - window, 0) + 1, hop)
+    rms = np.sqrt(np.maximum(power[starts + window] - power[starts], 0) / window)
+    return (starts + window / 2) / SAMPLE_RATE, rms
+
+def detect_onsets(wave: np.ndarray) -> list[float]:
+    "Beep onsets (seconds): upward crossings of a quarter of the maximum short-time RMS, at most one per 0.15 s."
+    times, rms = energy_envelope(wave)
+    if len(rms) == 0 or np.abs(wave).max() < SILENCE_PEAK: return []
+    above = rms >= ONSET_FRACTION * rms.max()
+    rising = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
+    onsets = []
+    for i in rising:
+        t = max(times[i] - ONSET_WINDOW_S / 2, 0.0)   # the window starts to see the beep half a window early
+        if not onsets or t - onsets[-1] >= ONSET_REFRACTORY_S: onsets.append(float(t))
+    return onsets
+
+def max_rms(wave: np.ndarray, window_s: float = LOUDNESS_WINDOW_S) -> float:
+    "The largest RMS over any window of `window_s` seconds."
+    n = min(int(window_s * SAMPLE_RATE), len(wave))
+    power = np.concatenate([[0.0], np.cumsum(np.asarray(wave, float) ** 2)])
+    return float(np.sqrt(max((power[n:] - power[:-n]).max(), 0) / n)) if n else 0.0
+
+@lru_cache(maxsize=None)
+def crest_factor(color: str, shape: str) -> float:
+    "Peak over largest 25 ms RMS of the clean beep of this pitch and timbre."
+    return 1.0 / max_rms(unit_beep(color, shape))
+
+def measure_audio(wave, sample_rate: int = SAMPLE_RATE) -> dict:
+    "Raw audio measurements: onsets (s), spectral peak f0 (Hz), third-harmonic energy ratio, peak amplitude (estimated and max |x|)."
+    wave = as_mono_wave(wave, sample_rate)
+    max_abs = float(np.abs(wave).max()) if len(wave) else 0.0
+    if max_abs < SILENCE_PEAK: return {'onsets': [], 'f0': None, 'ratio': None, 'peak': max_abs, 'max_abs': max_abs}
+    n_fft = 4096
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(wave, (0, n_fft)), n_fft)[::n_fft // 4]
+    spectrum = (np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=-1)) ** 2).sum(0)
+    freqs = np.fft.rfftfreq(n_fft, 1 / SAMPLE_RATE)
+    band = np.nonzero((freqs >= PITCH_BAND_HZ[0]) & (freqs <= PITCH_BAND_HZ[1]))[0]
+    i = band[np.argmax(spectrum[band])]
+    a, b, c = np.log(spectrum[i - 1:i + 2] + 1e-30)       # parabolic refinement of the peak
+    f0 = float(freqs[i] + 0.5 * (a - c) / (a - 2 * b + c) * (freqs[1] - freqs[0]))
+    color = nearest_pitch(f0)
+    energy = lambda f: spectrum[(freqs >= f * 0.97) & (freqs <= f * 1.03)].sum()
+    ratio = float(energy(3 * PITCHES[color]) / max(energy(PITCHES[color]), 1e-30))
+    return {'onsets': detect_onsets(wave), 'f0': f0, 'ratio': ratio,
+            'peak': max_rms(wave) * crest_factor(color, timbre_from_ratio(ratio)), 'max_abs': max_abs}
+
+def timbre_from_ratio(ratio: float) -> str:
+    "Shape from the third-harmonic-to-fundamental energy ratio (log-scale cuts)."
+    return 'circle' if ratio < TIMBRE_THRESHOLDS[0] else 'triangle' if ratio < TIMBRE_THRESHOLDS[1] else 'square'
+
+def nearest_pitch(f0: float) -> str:
+    "The colour whose pitch is nearest to `f0` on a log-frequency scale."
+    return COLORS[int(np.argmin([abs(math.log(f0 / PITCHES[c])) for c in COLORS]))]
+
+def read_audio(wave, sample_rate: int = SAMPLE_RATE) -> dict:
+    "Read color (pitch), shape (timbre), size (loudness) and beep onsets (seconds) of a waveform."
+    m = measure_audio(wave, sample_rate)
+    if m['f0'] is None: return {'color': None, 'shape': None, 'size': None, 'onsets': []}
+    return {'color': nearest_pitch(m['f0']), 'shape': timbre_from_ratio(m['ratio']),
+            'size': 'big' if m['peak'] > SIZE_THRESHOLD_AMPLITUDE else 'small', 'onsets': m['onsets']}
+
+# %% ../nbs/04_toyworld.ipynb
+SYNC_TOLERANCE_FRAMES = 0.6
+LAST_VISIBLE_BOUNCE_FRAME = 6.5
+WORD_TO_FACTOR = {word: (factor, value) for factor, values in FACTOR_VALUES.items()
+                  for value in values for word in SYNONYMS[value]}
+
+def read_text(caption: str) -> dict:
+    "The factors a caption names, read by keyword with every synonym (first mention wins)."
+    if not isinstance(caption, str): raise TypeError(f'expected a caption string, got {type(caption).__name__}')
+    out = {}
+    for word in re.findall(r'[a-z]+', caption.lower()):
+        if word in WORD_TO_FACTOR:
+            factor, value = WORD_TO_FACTOR[word]
+            out.setdefault(factor, value)
+    return out
+
+def sync_from_events(bounce_frames, onsets_s) -> float:
+    "Sync score between detected bounces (frames) and audio onsets (seconds); see `sync_score`."
+    bounces = np.asarray(bounce_frames, float)
+    all_onsets = np.asarray(onsets_s, float) * FPS
+    counted = all_onsets[all_onsets <= LAST_VISIBLE_BOUNCE_FRAME]
+    total = len(counted) + len(bounces)
+    if total == 0: return 0.0
+    close = lambda x, ys: len(ys) > 0 and np.abs(np.asarray(ys) - x).min() <= SYNC_TOLERANCE_FRAMES
+    matched = sum(close(o, bounces) for o in counted) + sum(close(b, all_onsets) for b in bounces)
+    return matched / total
+
+def sync_score(video, audio, sample_rate: int = SAMPLE_RATE) -> float:
+    "Fraction of audio onsets near a detected bounce and of bounces near an onset (tolerance 0.15 s), in [0, 1]."
+    return sync_from_events(read_video(video)['bounces'], read_audio(audio, sample_rate)['onsets'])
+
+def _factor_dict(x) -> dict:
+    if isinstance(x, Factors): return x.as_dict()
+    if isinstance(x, dict): return {k: v for k, v in x.items() if k in FACTOR_VALUES}
+    raise TypeError(f'expected Factors or a dict of factors, got {type(x).__name__}')
+
+def coherence(a_factors, b_factors) -> bool:
+    "True when every factor carried by both (Factors or reader dicts) agrees; an unreadable (None) factor disagrees."
+    a, b = _factor_dict(a_factors), _factor_dict(b_factors)
+    return all(a[k] is not None and a[k] == b[k] for k in a.keys() & b.keys())
+
+# %% ../nbs/04_toyworld.ipynb
+READERS = {'image': read_image, 'video': read_video, 'audio': read_audio, 'text': read_text}
+
+def read_any(modality: str, x) -> dict:
+    "Read the factors of one sample of `modality` ('image', 'video', 'audio' or 'text')."
+    if modality not in READERS: raise ValueError(f'modality must be one of {tuple(READERS)}, got {modality!r}')
+    return READERS[modality](x)
+
+def factor_accuracy(truths, reads) -> dict:
+    "Per-factor accuracy of reader dicts against true Factors (only factors both carry), and 'all': every such factor right."
+    if len(truths) != len(reads): raise ValueError(f'{len(truths)} truths but {len(reads)} reads')
+    if len(truths) == 0: raise ValueError('factor_accuracy needs at least one sample')
+    right, seen = {}, {}
+    for truth, read in zip(truths, reads):
+        t, r = _factor_dict(truth), _factor_dict(read)
+        for k in t.keys() & r.keys():
+            seen[k] = seen.get(k, 0) + 1
+            right[k] = right.get(k, 0) + (t[k] == r[k])
+    out = {k: right[k] / seen[k] for k in FACTOR_VALUES if k in seen}
+    out['all'] = float(np.mean([coherence(t, r) for t, r in zip(truths, reads)]))
+    return out
+
+def modality_accuracy(modality: str, samples, truths) -> dict:
+    "Read every sample of `modality` and return `factor_accuracy` against `truths`."
+    return factor_accuracy(truths, [read_any(modality, x) for x in samples])
+
+# %% ../nbs/04_toyworld.ipynb
+def show_images(images, titles=None, ncols: int = 8, size: float = 1.3):
+    "Show uint8 images (a list or an (N, H, W, 3) array) in a grid, with optional titles; returns the figure."
+    import matplotlib.pyplot as plt
+    images = [to_uint8_image(im) for im in images]
+    if not images: raise ValueError('show_images needs at least one image')
+    ncols = max(1, min(ncols, len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * (1.25 if titles else 1)), squeeze=False)
+    for i, ax in enumerate(axs.flat):
+        ax.axis('off')
+        if i >= len(images): continue
+        ax.imshow(images[i], interpolation='nearest')
+        if titles is not None: ax.set_title(str(titles[i]), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+def video_strip(video, gap: int = 1, gap_value: int = 128) -> np.ndarray:
+    "The frames of a uint8 (F, H, W, 3) video side by side, separated by grey `gap`-pixel bars."
+    video = to_uint8_image(video)
+    if video.ndim != 4: raise ValueError(f'expected a video (frames, H, W, 3), got shape {video.shape}')
+    bar = np.full((video.shape[1], gap, 3), gap_value, np.uint8)
+    return np.concatenate([piece for frame in video for piece in (frame, bar)][:-1] if gap else list(video), axis=1)
+
+def show_videos(videos, titles=None, size: float = 1.3):
+    "Show videos as frame strips, one per row; returns the figure."
+    import matplotlib.pyplot as plt
+    strips = [video_strip(v) for v in videos]
+    if not strips: raise ValueError('show_videos needs at least one video')
+    aspect = strips[0].shape[1] / strips[0].shape[0]
+    fig, axs = plt.subplots(len(strips), 1, figsize=(size * aspect, size * len(strips) * 1.2), squeeze=False)
+    for i, (ax, strip) in enumerate(zip(axs.flat, strips)):
+        ax.imshow(strip, interpolation='nearest'); ax.axis('off')
+        if titles is not None: ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+def show_video(video, title=None, size: float = 1.3):
+    "Show one video as a frame strip."
+    return show_videos([video], None if title is None else [title], size)
+
+# %% ../nbs/04_toyworld.ipynb
+def audio_player(wave, sample_rate: int = SAMPLE_RATE):
+    "An in-notebook audio player (IPython Audio) that keeps the true loudness."
+    from IPython.display import Audio
+    wave = as_mono_wave(wave, sample_rate) if sample_rate == SAMPLE_RATE else np.asarray(wave, float).reshape(-1)
+    return Audio(np.clip(wave, -1, 1), rate=sample_rate, normalize=False)
+
+def show_spectrogram(x, ax=None, sample_rate: int = SAMPLE_RATE, title: str | None = None, n_fft: int = 512, hop: int = 128):
+    "Plot a waveform's log-power spectrogram, or a 2-D (bins, frames) spectrogram such as a mel spectrogram; returns the axes."
+    import matplotlib.pyplot as plt
+    if isinstance(x, torch.Tensor): x = x.detach().cpu().float().numpy()
+    x = np.asarray(x, float)
+    if ax is None: _, ax = plt.subplots(figsize=(5, 2.2))
+    if x.ndim == 1 or (x.ndim == 2 and 1 in x.shape):
+        wave = x.reshape(-1)
+        frames = np.lib.stride_tricks.sliding_window_view(np.pad(wave, (0, n_fft)), n_fft)[::hop]
+        power = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=-1)).T ** 2
+        db = 10 * np.log10(power + 1e-10)
+        ax.imshow(db, origin='lower', aspect='auto', cmap='magma', vmin=db.max() - 80,
+                  extent=(0, len(wave) / sample_rate, 0, sample_rate / 2000))
+        ax.set_xlabel('seconds'); ax.set_ylabel('kHz')
+    elif x.ndim == 2:
+        ax.imshow(x, origin='lower', aspect='auto', cmap='magma'); ax.set_xlabel('frame'); ax.set_ylabel('bin')
+    else: raise ValueError(f'expected a waveform (samples,) or a spectrogram (bins, frames), got shape {x.shape}')
+    if title: ax.set_title(title, fontsize=9)
+    return ax
+
+# %% ../nbs/04_toyworld.ipynb
+def write_wav(path, wave, sample_rate: int = SAMPLE_RATE, subtype: str = 'PCM_16') -> Path:
+    "Write a mono float waveform in [-1, 1] to a WAV file with soundfile (values outside are clipped, with a warning)."
+    import soundfile as sf
+    wave = as_mono_wave(wave, SAMPLE_RATE) if sample_rate == SAMPLE_RATE else np.asarray(wave, float).reshape(-1)
+    if np.abs(wave).max(initial=0) > 1: warnings.warn(f'{path}: samples outside [-1, 1] were clipped')
+    path = Path(path)
+    sf.write(str(path), np.clip(wave, -1, 1).astype(np.float32), int(sample_rate), subtype=subtype)
+    return path
+
+def read_wav(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    "Read a sound file as mono float32 at `sample_rate`, downmixing and resampling (with a warning) when needed."
+    import soundfile as sf
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f'no such sound file: {path}')
+    try: wave, rate = sf.read(str(path), dtype='float32', always_2d=True)
+    except Exception as e: raise ValueError(f'could not read {path} as a sound file ({e}); expected e.g. a WAV or FLAC file') from e
+    if wave.shape[1] > 1:
+        warnings.warn(f'{path.name}: {wave.shape[1]} channels downmixed to mono by averaging')
+    wave = wave.mean(1)
+    if rate != sample_rate:
+        warnings.warn(f'{path.name}: resampled from {rate} Hz to {sample_rate} Hz')
+        wave = resample(wave, rate, sample_rate)
+    return wave.astype(np.float32)
+
+# %% ../nbs/04_toyworld.ipynb
+def write_mp4(path, video, fps: int = FPS, audio=None, sample_rate: int = SAMPLE_RATE, scale: int = 1, crf: int = 12) -> Path:
+    "Write a uint8 (F, H, W, 3) video as H.264 mp4 with PyAV, optionally with a mono AAC sound track starting at t = 0."
+    import av
+    video = to_uint8_image(video)
+    if video.ndim != 4: raise ValueError(f'expected a video (frames, H, W, 3), got shape {video.shape}')
+    if scale > 1: video = video.repeat(scale, axis=1).repeat(scale, axis=2)
+    pad = ((0, 0), (0, video.shape[1] % 2), (0, video.shape[2] % 2), (0, 0))   # yuv420p needs even sides
+    video = np.pad(video, pad, mode='edge')
+    path = Path(path)
+    with av.open(str(path), mode='w', format='mp4') as container:
+        stream = container.add_stream('libx264', rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], 'yuv420p'
+        stream.options = {'crf': str(crf)}
+        if audio is not None:
+            wave = np.clip(np.asarray(audio, np.float32).reshape(-1), -1, 1)
+            sound = container.add_stream('aac', rate=int(sample_rate))
+            sound.layout = 'mono'
+        for frame in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')): container.mux(packet)
+        for packet in stream.encode(): container.mux(packet)
+        if audio is not None:
+            frame = av.AudioFrame.from_ndarray(wave[None], format='flt', layout='mono')
+            frame.sample_rate, frame.pts, frame.time_base = int(sample_rate), 0, Fraction(1, int(sample_rate))
+            for packet in sound.encode(frame): container.mux(packet)
+            for packet in sound.encode(): container.mux(packet)
+    return path
+
+def read_mp4(path) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    "Decode an mp4: (uint8 frames (F, H, W, 3), mono float32 sound track or None, its sample rate or None)."
+    import av
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')
+    try:
+        with av.open(str(path)) as container:
+            frames = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
+        with av.open(str(path)) as container:
+            if not container.streams.audio: return frames, None, None
+            stream = container.streams.audio[0]
+            chunks = [f.to_ndarray().reshape(len(f.layout.channels), -1) if f.format.is_planar else
+                      f.to_ndarray().reshape(-1, len(f.layout.channels)).T for f in container.decode(audio=0)]
+            rate = stream.rate
+            wave = np.concatenate(chunks, axis=1).astype(np.float32).mean(0)
+            if stream.duration is not None: wave = wave[:int(round(float(stream.duration * stream.time_base) * rate))]
+    except av.error.FFmpegError as e: raise ValueError(f'could not decode {path} as a video ({e})') from e
+    return frames, wave, rate
+
+def read_video_file(path) -> np.ndarray:
+    "Frames (uint8, F x H x W x 3) of an .mp4 (decoded) or .npy (lossless) video file."
+    path = Path(path)
+    if path.suffix == '.npy':
+        if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')
+        return to_uint8_image(np.load(path, allow_pickle=False))
+    if path.suffix == '.mp4': return read_mp4(path)[0]
+    raise ValueError(f'expected a .mp4 or .npy video file, got {path.name}')
+
+def video_player(video, audio=None, fps: int = FPS, scale: int = 8, sample_rate: int = SAMPLE_RATE, loop: bool = True):
+    "An in-notebook HTML5 player for a uint8 video (upscaled `scale` x with sharp pixels), with an optional sound track."
+    from IPython.display import HTML
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_mp4(Path(tmp) / 'clip.mp4', video, fps, audio, sample_rate, scale=scale).read_bytes()
+    src = base64.b64encode(data).decode()
+    return HTML(f'<video controls {"loop" if loop else ""} style="image-rendering: pixelated">'
+                f'<source src="data:video/mp4;base64,{src}" type="video/mp4"></video>')
+
+# %% ../nbs/04_toyworld.ipynb
+def write_sample_files(sample: dict, stem, seed: int | None = None, split: str | None = None) -> dict:
+    "Write one sample as files next to `stem` (.png/.wav/.mp4+.npy/.json); returns the JSON record."
+    from PIL import Image
+    stem = Path(stem)
+    record = {'toyworld_version': 1, 'pair_kind': sample['kind'], 'index': sample.get('index'), 'seed': seed, 'split': split,
+              'factors': asdict(sample['factors']), 'files': {}}
+    if 'text' in sample: record['caption'] = sample['text']
+    if 'image' in sample:
+        Image.fromarray(sample['image']).save(stem.with_suffix('.png')); record['files']['image'] = stem.with_suffix('.png').name
+    if 'audio' in sample:
+        write_wav(stem.with_suffix('.wav'), sample['audio']); record['files']['audio'] = stem.with_suffix('.wav').name
+        record['beep_times_s'] = sample['beep_times']
+    if 'video' in sample:
+        np.save(stem.with_suffix('.npy'), sample['video'])
+        write_mp4(stem.with_suffix('.mp4'), sample['video'], audio=sample.get('audio'))
+        record['files'] |= {'video': stem.with_suffix('.mp4').name, 'video_frames': stem.with_suffix('.npy').name}
+        record['bounce_times_frames'] = sample['bounce_times']
+    stem.with_suffix('.json').write_text(json.dumps(record, indent=1))
+    return record
+
+def write_toyworld(out, n: int, seed: int = 0, split: str = 'train', kinds=PAIR_KINDS) -> list[dict]:
+    "Write `n` samples of each pair kind under `out/<kind>/`, plus `out/manifest.json`; returns the records."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f'{out} exists and is not a directory')
+    records = []
+    for kind in kinds:
+        folder = out / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        dataset = ToyWorldDataset(kind, n, seed, split)
+        records += [write_sample_files(dataset[i], folder / f'{kind}_{i:04d}', seed, split) for i in range(n)]
+    manifest = {'toyworld_version': 1, 'seed': seed, 'split': split, 'n_per_kind': n, 'kinds': list(kinds),
+                'samples': [f"{r['pair_kind']}/{r['pair_kind']}_{r['index']:04d}.json" for r in records]}
+    (out / 'manifest.json').write_text(json.dumps(manifest, indent=1))
+    return records
+
+def toyworld_cli(argv=None) -> int:
+    "Command line `codi-toyworld`: write ToyWorld samples of every training pair as png/wav/mp4/npy/json files."
+    parser = argparse.ArgumentParser(prog='codi-toyworld', description='Write ToyWorld v1 samples (CoDi training pairs) as ordinary files.')
+    parser.add_argument('--out', required=True, help='output directory (created if missing)')
+    parser.add_argument('--n', type=int, default=8, help='samples per pair kind (default 8)')
+    parser.add_argument('--seed', type=int, default=0, help='dataset seed, >= 0 (default 0)')
+    parser.add_argument('--split', choices=SPLITS, default='train', help='which split to draw from (default train)')
+    parser.add_argument('--kinds', nargs='+', choices=PAIR_KINDS, default=list(PAIR_KINDS), help='pair kinds (default: all four)')
+    args = parser.parse_args(argv)
+    if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
+    if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
+    if Path(args.out).exists() and not Path(args.out).is_dir(): parser.error(f'--out {args.out} exists and is not a directory')
+    try: records = write_toyworld(args.out, args.n, args.seed, args.split, args.kinds)
+    except OSError as e:
+        print(f'codi-toyworld: could not write to {args.out}: {e}', file=sys.stderr)
+        return 1
+    print(f'wrote {len(records)} samples ({args.n} per pair kind, seed {args.seed}, {args.split} split) to {args.out}')
+    return 0
