@@ -20,16 +20,16 @@ __all__ = ['SHAPES', 'COLORS', 'SIZES', 'DIRECTIONS', 'FACTOR_VALUES', 'PALETTE'
            'FOREGROUND_THRESHOLD', 'SIZE_THRESHOLD_PX', 'FILL_THRESHOLDS', 'AMBIGUOUS_FILL', 'TOP_HEAVY_THRESHOLD',
            'MIN_DISPLACEMENT_PX', 'ONSET_WINDOW_S', 'ONSET_HOP_S', 'ONSET_FRACTION', 'ONSET_REFRACTORY_S',
            'SILENCE_PEAK', 'PITCH_BAND_HZ', 'TIMBRE_THRESHOLDS', 'SIZE_THRESHOLD_AMPLITUDE', 'LOUDNESS_WINDOW_S',
-           'SYNC_TOLERANCE_FRAMES', 'LAST_VISIBLE_BOUNCE_FRAME', 'WORD_TO_FACTOR', 'READERS', 'Factors', 'as_rng',
-           'sample_factors', 'shape_extent', 'free_range', 'shape_mask', 'draw_appearance', 'paint', 'render_image',
-           'bounce_path', 'bounce_times', 'render_video', 'unit_beep', 'render_audio', 'image_beeps', 'make_caption',
-           'make_sample', 'ToyWorldDataset', 'collate_samples', 'to_uint8_image', 'nearest_color', 'measure_image',
-           'classify_shape', 'read_image', 'read_measured_image', 'read_video', 'as_mono_wave', 'resample',
-           'energy_envelope', 'detect_onsets', 'max_rms', 'crest_factor', 'measure_audio', 'timbre_from_ratio',
-           'nearest_pitch', 'read_audio', 'read_text', 'sync_from_events', 'sync_score', 'coherence', 'read_any',
-           'factor_accuracy', 'modality_accuracy', 'show_images', 'video_strip', 'show_videos', 'show_video',
-           'audio_player', 'show_spectrogram', 'write_wav', 'read_wav', 'write_mp4', 'read_mp4', 'read_video_file',
-           'video_player', 'write_sample_files', 'write_toyworld', 'toyworld_cli']
+           'SYNC_TOLERANCE_FRAMES', 'LAST_VISIBLE_BOUNCE_FRAME', 'WORD_TO_FACTOR', 'READERS', 'MP4_FILE_SCALE',
+           'Factors', 'as_rng', 'sample_factors', 'shape_extent', 'free_range', 'shape_mask', 'draw_appearance',
+           'paint', 'render_image', 'bounce_path', 'bounce_times', 'render_video', 'unit_beep', 'render_audio',
+           'image_beeps', 'make_caption', 'make_sample', 'ToyWorldDataset', 'collate_samples', 'to_uint8_image',
+           'nearest_color', 'measure_image', 'classify_shape', 'read_image', 'read_measured_image', 'read_video',
+           'as_mono_wave', 'resample', 'energy_envelope', 'detect_onsets', 'max_rms', 'crest_factor', 'measure_audio',
+           'timbre_from_ratio', 'nearest_pitch', 'read_audio', 'read_text', 'sync_from_events', 'sync_score',
+           'coherence', 'read_any', 'factor_accuracy', 'modality_accuracy', 'show_images', 'video_strip', 'show_videos',
+           'show_video', 'audio_player', 'show_spectrogram', 'write_wav', 'read_wav', 'write_mp4', 'read_mp4',
+           'downscale_video', 'read_video_file', 'video_player', 'write_sample_files', 'write_toyworld', 'toyworld_cli']
 
 # %% ../nbs/04_toyworld.ipynb
 SHAPES = ('circle', 'square', 'triangle')
@@ -344,7 +344,7 @@ def _vote(values):
     return str(names[np.argmax(counts)])
 
 def read_video(video) -> dict:
-    "Read color, shape, size (majority over frames), direction and bounce frame indices of a uint8 (F, H, W, 3) video."
+    "Read color, shape, size (majority over frames), direction and bounce frame indices of a uint8 (F, H, W, 3) video (no motion is read if a frame is empty)."
     video = to_uint8_image(video)
     if video.ndim != 4: raise ValueError(f'expected a video (frames, H, W, 3), got shape {video.shape}')
     measured = [measure_image(frame) for frame in video]
@@ -663,14 +663,24 @@ def read_mp4(path) -> tuple[np.ndarray, np.ndarray | None, int | None]:
     except av.error.FFmpegError as e: raise ValueError(f'could not decode {path} as a video ({e})') from e
     return frames, wave, rate
 
-def read_video_file(path) -> np.ndarray:
-    "Frames (uint8, F x H x W x 3) of an .mp4 (decoded) or .npy (lossless) video file."
+def downscale_video(frames: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    "Block-average uint8 frames (F, k*size, k*size, 3) down to (F, size, size, 3); frames already that size pass through."
+    f, h, w, c = frames.shape
+    if (h, w) == (size, size): return frames
+    if h % size or w % size or h // size != w // size:
+        raise ValueError(f'frames of {h}x{w} are not an integer multiple of {size}x{size}; pass size=None to keep them')
+    k = h // size
+    return frames.reshape(f, size, k, size, k, c).mean((2, 4)).round().astype(np.uint8)
+
+def read_video_file(path, size: int | None = IMAGE_SIZE) -> np.ndarray:
+    "Frames (uint8, F x size x size x 3) of an .mp4 (decoded) or .npy (lossless) video; upscaled files are block-averaged back to `size` (None: as stored)."
     path = Path(path)
     if path.suffix == '.npy':
         if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')
-        return to_uint8_image(np.load(path, allow_pickle=False))
-    if path.suffix == '.mp4': return read_mp4(path)[0]
-    raise ValueError(f'expected a .mp4 or .npy video file, got {path.name}')
+        frames = to_uint8_image(np.load(path, allow_pickle=False))
+    elif path.suffix == '.mp4': frames = read_mp4(path)[0]
+    else: raise ValueError(f'expected a .mp4 or .npy video file, got {path.name}')
+    return frames if size is None else downscale_video(frames, size)
 
 def video_player(video, audio=None, fps: int = FPS, scale: int = 8, sample_rate: int = SAMPLE_RATE, loop: bool = True):
     "An in-notebook HTML5 player for a uint8 video (upscaled `scale` x with sharp pixels), with an optional sound track."
@@ -682,6 +692,8 @@ def video_player(video, audio=None, fps: int = FPS, scale: int = 8, sample_rate:
                 f'<source src="data:video/mp4;base64,{src}" type="video/mp4"></video>')
 
 # %% ../nbs/04_toyworld.ipynb
+MP4_FILE_SCALE = 4   # mp4 files are upscaled 4x (128 x 128, sharp pixels): watchable, and colours survive chroma subsampling
+
 def write_sample_files(sample: dict, stem, seed: int | None = None, split: str | None = None) -> dict:
     "Write one sample as files next to `stem` (.png/.wav/.mp4+.npy/.json); returns the JSON record."
     from PIL import Image
@@ -696,8 +708,9 @@ def write_sample_files(sample: dict, stem, seed: int | None = None, split: str |
         record['beep_times_s'] = sample['beep_times']
     if 'video' in sample:
         np.save(stem.with_suffix('.npy'), sample['video'])
-        write_mp4(stem.with_suffix('.mp4'), sample['video'], audio=sample.get('audio'))
+        write_mp4(stem.with_suffix('.mp4'), sample['video'], audio=sample.get('audio'), scale=MP4_FILE_SCALE)
         record['files'] |= {'video': stem.with_suffix('.mp4').name, 'video_frames': stem.with_suffix('.npy').name}
+        record['mp4_scale'] = MP4_FILE_SCALE
         record['bounce_times_frames'] = sample['bounce_times']
     stem.with_suffix('.json').write_text(json.dumps(record, indent=1))
     return record
