@@ -4,15 +4,20 @@
 
 # %% ../nbs/06_audio_codec.ipynb 2
 from __future__ import annotations
-import dataclasses, math
+import dataclasses, math, time
+import numpy as np
 from dataclasses import dataclass
 import torch
 from torch import nn
 import torch.nn.functional as F
 import torchaudio
+from .checkpoint import save_pretrained, load_shipped
+from .image_vae import AutoencoderConfig, KLAutoencoder
+from .toyworld import ToyWorldDataset
 
 # %% auto 0
-__all__ = ['MelConfig', 'LogMel']
+__all__ = ['LOUD_LEVEL', 'MelConfig', 'LogMel', 'GriffinLimVocoder', 'HiFiGANConfig', 'HiFiGANResBlock', 'HiFiGAN',
+           'tiny_audio_vae_config', 'AudioCodec', 'toyworld_sounds', 'train_audio_vae']
 
 # %% ../nbs/06_audio_codec.ipynb
 @dataclass
@@ -21,7 +26,7 @@ class MelConfig:
     sample_rate: int = 16000
     n_fft: int = 1024
     win_length: int = 1024
-    hop_length: int = 250
+    hop_length: int = 160
     n_mels: int = 64
     f_min: float = 0.0
     f_max: float = 8000.0
@@ -34,8 +39,8 @@ class MelConfig:
 
     @classmethod
     def tiny(cls) -> MelConfig:
-        "The book's front end: as the official one but hop 250, so 2 s of audio gives 128 frames."
-        return cls(hop_length=250)
+        "The book's front end: hop 500 and 64 mels over 0-4000 Hz, so 2 s of audio is a 64 x 64 image."
+        return cls(hop_length=500, f_max=4000.0)
 
     @property
     def n_freqs(self) -> int: return self.n_fft // 2 + 1
@@ -84,3 +89,181 @@ class LogMel(nn.Module):
         frames = self.config.num_frames(wave.shape[-1])
         log_mel = torch.log(magnitude_mel[..., :frames].clamp(min=self.config.clamp_min))
         return log_mel.transpose(1, 2)[:, None]                      # (B, 1, frames, mels)
+
+# %% ../nbs/06_audio_codec.ipynb
+def _check_mel(log_mel: torch.Tensor, config: MelConfig) -> torch.Tensor:
+    "Validate a log-mel batch and return it as float (B, 1, frames, mels)."
+    if not isinstance(log_mel, torch.Tensor): raise TypeError(f'expected a torch.Tensor log-mel, got {type(log_mel).__name__}')
+    if log_mel.ndim == 3: log_mel = log_mel[:, None]
+    if log_mel.ndim != 4 or log_mel.shape[1] != 1 or log_mel.shape[-1] != config.n_mels:
+        raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {config.n_mels}), got {tuple(log_mel.shape)}; '
+                         'is it from a front end with another number of mel bins?')
+    if not torch.isfinite(log_mel).all(): raise ValueError('log-mel contains NaN or infinite values')
+    return log_mel.float()
+
+class GriffinLimVocoder(nn.Module):
+    "Log-mel (B, 1, frames, mels) → waveform (B, frames·hop): pseudo-inverse of the mel filters, then Griffin-Lim phases."
+    def __init__(self, config: MelConfig | None = None, n_iter: int = 32):
+        super().__init__()
+        self.config = config = config or MelConfig.tiny()
+        self.register_buffer('inverse_filters', torch.linalg.pinv(LogMel(config).filterbank.T), persistent=False)
+        self.griffin_lim = torchaudio.transforms.GriffinLim(
+            n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length, power=1.0, n_iter=n_iter)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        log_mel = _check_mel(log_mel, self.config)
+        frames = log_mel.shape[2]
+        magnitude = log_mel[:, 0].exp().transpose(1, 2)                   # (B, mels, frames)
+        linear = (self.inverse_filters @ magnitude).clamp(min=0)          # (B, freqs, frames), least-norm inverse
+        linear = F.pad(linear, (0, 1))                                    # the centred STFT of frames·hop samples has frames + 1
+        return self.griffin_lim(linear)[:, :frames * self.config.hop_length]
+
+# %% ../nbs/06_audio_codec.ipynb
+@dataclass
+class HiFiGANConfig:
+    "HiFi-GAN generator (V1, resblock type 1) hyper-parameters; defaults are AudioLDM's '16k-64' vocoder used by CoDi."
+    num_mels: int = 64
+    upsample_rates: tuple = (5, 4, 2, 2, 2)
+    upsample_kernel_sizes: tuple = (16, 16, 8, 4, 4)
+    upsample_initial_channel: int = 1024
+    resblock_kernel_sizes: tuple = (3, 7, 11)
+    resblock_dilation_sizes: tuple = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+
+    @classmethod
+    def codi_audio(cls) -> HiFiGANConfig:
+        "The official vocoder: 64 mels at hop 160 → 16 kHz audio."
+        return cls()
+
+    @property
+    def hop_length(self) -> int: return math.prod(self.upsample_rates)
+
+class HiFiGANResBlock(nn.Module):
+    "Type-1 residual block: per dilation, leaky-ReLU → dilated conv → leaky-ReLU → conv, added back."
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple):
+        super().__init__()
+        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+                                    for d in dilations)
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for dilated, plain in zip(self.convs1, self.convs2):
+            x = x + plain(F.leaky_relu(dilated(F.leaky_relu(x, 0.1)), 0.1))
+        return x
+
+class HiFiGAN(nn.Module):
+    "HiFi-GAN generator: log-mel (B, 1, frames, mels) → waveform (B, frames·hop), in the official parameter layout."
+    def __init__(self, config: HiFiGANConfig | None = None):
+        super().__init__()
+        self.config = c = config or HiFiGANConfig()
+        width = lambda level: c.upsample_initial_channel // 2 ** level
+        self.conv_pre = nn.Conv1d(c.num_mels, width(0), 7, padding=3)
+        self.ups = nn.ModuleList(nn.ConvTranspose1d(width(i), width(i + 1), k, u, padding=(k - u) // 2)
+                                 for i, (u, k) in enumerate(zip(c.upsample_rates, c.upsample_kernel_sizes)))
+        self.resblocks = nn.ModuleList(HiFiGANResBlock(width(i + 1), k, d) for i in range(len(self.ups))
+                                       for k, d in zip(c.resblock_kernel_sizes, c.resblock_dilation_sizes))
+        self.conv_post = nn.Conv1d(width(len(self.ups)), 1, 7, padding=3)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        if log_mel.ndim != 4 or log_mel.shape[1] != 1 or log_mel.shape[-1] != self.config.num_mels:
+            raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {self.config.num_mels}), got {tuple(log_mel.shape)}')
+        frames, per_level = log_mel.shape[2], len(self.config.resblock_kernel_sizes)
+        x = self.conv_pre(log_mel[:, 0].transpose(1, 2))                  # (B, channels, frames)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, 0.1))
+            x = sum(block(x) for block in self.resblocks[i * per_level:(i + 1) * per_level]) / per_level
+        wave = torch.tanh(self.conv_post(F.leaky_relu(x)))[:, 0]
+        return wave[:, :frames * self.config.hop_length]                  # odd kernels overshoot by a few samples
+
+# %% ../nbs/06_audio_codec.ipynb
+def tiny_audio_vae_config() -> AutoencoderConfig:
+    "The book's mel VAE: a 1 × 64 × 64 log-mel image (2 s) → a 4 × 16 × 16 latent."
+    return AutoencoderConfig(in_channels=1, out_channels=1, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4,
+                             embed_dim=4, norm_groups=8)
+
+def _as_wave_batch(wave) -> torch.Tensor:
+    "A numpy array or tensor of one clip (samples,) or a batch (B, samples) as a float32 tensor."
+    if isinstance(wave, np.ndarray): wave = torch.from_numpy(np.ascontiguousarray(wave))
+    if not isinstance(wave, torch.Tensor): raise TypeError(f'expected a waveform array or tensor, got {type(wave).__name__}')
+    return wave.float()
+
+class AudioCodec(nn.Module):
+    "Waveform ↔ diffusion latent: `LogMel` front end, mel `KLAutoencoder` (latents scaled by its scale factor), vocoder."
+    def __init__(self, vae: KLAutoencoder, mel_config: MelConfig | None = None, vocoder: nn.Module | None = None):
+        super().__init__()
+        self.mel, self.vae = LogMel(mel_config or MelConfig.tiny()), vae
+        self.vocoder = vocoder if vocoder is not None else GriffinLimVocoder(self.mel.config)
+        if vae.config.in_channels != 1: raise ValueError(f'the mel VAE must take 1 input channel, this one takes {vae.config.in_channels}')
+
+    @classmethod
+    def shipped(cls) -> AudioCodec:
+        "The book's tiny codec: shipped mel VAE, tiny front end, Griffin-Lim."
+        return cls(load_shipped('audio_vae'))
+
+    def wave_to_mel(self, wave, sample_rate: int | None = None) -> torch.Tensor:
+        "(B, samples) or (samples,) → log-mel (B, 1, frames, mels); frames must be a multiple of the VAE's downsampling."
+        log_mel = self.mel(_as_wave_batch(wave), sample_rate)
+        factor = self.vae.config.downsampling_factor
+        if log_mel.shape[2] % factor:
+            need = factor * self.mel.config.hop_length
+            raise ValueError(f'{log_mel.shape[2]} mel frames is not a multiple of {factor}: pad or cut the clip to a multiple of '
+                             f'{need} samples ({need / self.mel.config.sample_rate:.3f} s)')
+        return log_mel
+
+    @torch.no_grad()
+    def encode(self, wave, sample_rate: int | None = None, sample: bool = False) -> torch.Tensor:
+        "Waveforms → scaled latents (B, z, frames/f, mels/f): the posterior mean (or a sample), times the scale factor."
+        posterior = self.vae.encode(self.wave_to_mel(wave, sample_rate))
+        return (posterior.sample() if sample else posterior.mode()) * self.vae.config.scale_factor
+
+    @torch.no_grad()
+    def decode_mel(self, latents: torch.Tensor) -> torch.Tensor:
+        "Scaled latents → log-mel (B, 1, frames, mels)."
+        if latents.ndim != 4 or latents.shape[1] != self.vae.config.embed_dim:
+            raise ValueError(f'expected latents (batch, {self.vae.config.embed_dim}, h, w), got {tuple(latents.shape)}')
+        return self.vae.decode(latents / self.vae.config.scale_factor)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        "Scaled latents → waveforms (B, samples), float32 numpy, clipped to [-1, 1]."
+        return self.vocoder(self.decode_mel(latents)).clamp(-1, 1).numpy()
+
+    def round_trip(self, wave) -> np.ndarray:
+        "Waveform → mel → latent → mel → waveform."
+        return self.decode(self.encode(wave))
+
+# %% ../nbs/06_audio_codec.ipynb
+def toyworld_sounds(n: int, seed: int = 0, split: str = 'train') -> tuple[np.ndarray, list[dict]]:
+    "`n` ToyWorld clips (n, 32000), half from text-audio pairs (beeps every 0.5 s), half from video-audio pairs (beeps at bounces), and their samples' factors and beep times."
+    halves = [ToyWorldDataset('text-audio', n - n // 2, seed, split), ToyWorldDataset('video-audio', n // 2, seed, split)]
+    items = [{'audio': s['audio'], 'factors': s['factors'], 'beep_times': s['beep_times']} for ds in halves for s in ds]
+    return np.stack([item.pop('audio') for item in items]), items
+
+LOUD_LEVEL = -8.0   # log-mel above this (about 3.5e-4 magnitude) is part of a beep; the floor is ln(1e-5) = -11.5
+
+def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000, lr: float = 2e-3, kl_weight: float = 1e-6,
+                    loud_weight: float = 10.0, seed: int = 0, config: AutoencoderConfig | None = None, save_to=None,
+                    log_every: int = 250) -> tuple[KLAutoencoder, list[float]]:
+    "Train the tiny mel VAE from scratch on ToyWorld sounds (L1 weighted `loud_weight`× on beeps + kl_weight·KL); set its scale factor; optionally save."
+    torch.manual_seed(seed)
+    start = time.process_time()
+    waves, _ = toyworld_sounds(n_clips, seed)
+    front = LogMel(MelConfig.tiny())
+    mels = torch.cat([front(torch.from_numpy(waves[i:i + 500])) for i in range(0, len(waves), 500)])
+    vae = KLAutoencoder(config or tiny_audio_vae_config())
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
+    g, losses = torch.Generator().manual_seed(seed), []
+    vae.train()
+    for step in range(steps):
+        x = mels[torch.randint(0, len(mels), (batch_size,), generator=g)]
+        recon, posterior = vae(x)
+        weight = 1.0 + (loud_weight - 1.0) * (x > LOUD_LEVEL).float()
+        loss = (weight * (recon - x).abs()).mean() + kl_weight * posterior.kl().mean()
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}', flush=True)
+    vae.eval()
+    with torch.no_grad(): z = torch.cat([vae.encode(mels[i:i + 256]).mode() for i in range(0, len(mels), 256)])
+    vae.config.scale_factor = float(1.0 / z.std())
+    if save_to is not None:
+        save_pretrained(vae, save_to, extra={'recipe': f'train_audio_vae(steps={steps}, seed={seed})',
+                                             'cpu_seconds': round(time.process_time() - start, 1)})
+    return vae, losses
