@@ -66,16 +66,19 @@ def main():
     execute = '--no-execute' not in sys.argv
     names = prepare()
     configure(names, execute)
-    cmd = ['jupyter-book', 'build', str(src), '--path-output', str(out), '--quiet']
-    env = {**__import__('os').environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'}
+    exe = Path(sys.executable).parent / 'jupyter-book'           # the venv's, even when the venv is not activated
+    cmd = [str(exe) if exe.exists() else 'jupyter-book', 'build', str(src), '--path-output', str(out), '--quiet']
+    env = {**__import__('os').environ, 'HF_HUB_OFFLINE': '1'}   # no MPLBACKEND: the kernel's inline backend must capture figures
     subprocess.run(cmd, check=True, env=env, cwd=src)
     html = out / '_build' / 'html'
     if (out / 'html').exists(): shutil.rmtree(out / 'html')
     shutil.move(str(html), out / 'html')
     # The theme marks the page body `tex2jax_ignore` and myst-nb adds a MathJax 3 config that re-includes math;
-    # MathJax 2 needs the same rule in its own words.
+    # MathJax 2 needs the same rule in its own words. The wheel ships only the STIX-Web fonts, so MathJax is told to
+    # use them (its default, the TeX web font, is absent and the fallback misplaces bars and radicals).
     mathjax2 = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({tex2jax: {processClass: '
-                '"tex2jax_process|mathjax_process|math|output_area"}})</script>')
+                '"tex2jax_process|mathjax_process|math|output_area"}, "HTML-CSS": {availableFonts: [], '
+                'webFont: "STIX-Web", imageFont: null}})</script>')
     for page in (out / 'html').glob('*.html'):
         page.write_text(re.sub(r'<script>window\.MathJax = \{.*?\}</script>', mathjax2, page.read_text()))
     print(f'book written to {out / "html" / "index.html"}')
