@@ -8,8 +8,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .prompt_encoders import (PromptEncoders, PromptEncodersConfig, contrastive_loss, toyworld_pairs,
-                                     train_contrastive, train_clip)
+from .prompt_encoders import PromptEncoders, contrastive_loss, toyworld_pairs, train_contrastive, train_clip
 from .checkpoint import save_pretrained
 
 # %% auto 0

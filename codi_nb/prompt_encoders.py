@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_prompt_encoders.ipynb 2
 from __future__ import annotations
-import copy, dataclasses, math, time
+import copy, dataclasses, math
 from dataclasses import dataclass
 from collections.abc import Sequence
 import numpy as np
@@ -18,11 +18,15 @@ from .text_vae import toyworld_vocabulary, split_words
 from .audio_codec import LogMel, MelConfig
 
 # %% auto 0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'MODALITIES', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip', 'codi_clip',
-           'images_for_clip', 'contrastive_loss', 'toyworld_pairs', 'toyworld_paraphrases', 'train_contrastive',
-           'VideoEncoder', 'AudioEncoder', 'PromptEncodersConfig', 'PromptEncoders', 'train_clip']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'MODALITIES', 'toyworld_caption_words', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip',
+           'codi_clip', 'images_for_clip', 'contrastive_loss', 'toyworld_pairs', 'toyworld_paraphrases',
+           'train_contrastive', 'VideoEncoder', 'AudioEncoder', 'PromptEncodersConfig', 'PromptEncoders', 'train_clip']
 
 # %% ../nbs/08_prompt_encoders.ipynb
+def toyworld_caption_words() -> tuple[str, ...]:
+    "Every word ToyWorld captions use (the text VAE's vocabulary without its special tokens)."
+    return tuple(w for w in toyworld_vocabulary() if not w.startswith('['))
+
 class PromptTokenizer:
     "Word-level CLIP tokenizer: [PAD]=0, [UNK]=1, the words, then [SOT] and [EOT] as the two highest ids (CLIP pools at the highest id)."
     def __init__(self, words: Sequence[str], context_length: int = 16):
@@ -33,8 +37,8 @@ class PromptTokenizer:
 
     @classmethod
     def toyworld(cls, context_length: int = 16) -> PromptTokenizer:
-        "Every word ToyWorld captions use (the text VAE's vocabulary without its special tokens)."
-        return cls([w for w in toyworld_vocabulary() if not w.startswith('[')], context_length)
+        "A tokenizer over `toyworld_caption_words()`."
+        return cls(toyworld_caption_words(), context_length)
 
     def __len__(self): return len(self.vocab)
 
@@ -179,7 +183,7 @@ class PromptEncodersConfig(PromptEncoderConfig):
     words: tuple = ()
 
     def __post_init__(self):
-        self.words = tuple(self.words) or tuple(w for w in toyworld_vocabulary() if not w.startswith('['))
+        self.words = tuple(self.words) or toyworld_caption_words()
 
 MODALITIES = ('text', 'image', 'video', 'audio')
 
