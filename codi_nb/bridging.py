@@ -8,12 +8,14 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+import dataclasses, itertools
 from .prompt_encoders import PromptEncoders, contrastive_loss, toyworld_pairs, train_contrastive, train_clip
 from .checkpoint import save_pretrained
+from .toyworld import Factors, FACTOR_VALUES, SHAPES, COLORS, SIZES, DIRECTIONS, make_caption
 
 # %% auto 0
 __all__ = ['same_class', 'class_recall_at_1', 'train_bridge', 'train_own_text_audio', 'bridging_embeddings', 'bridging_recalls',
-           'train_prompt_encoders']
+           'scene_caption_vectors', 'partial_caption_target', 'teach_partial_captions', 'train_prompt_encoders']
 
 # %% ../nbs/09_bridging_alignment.ipynb
 def same_class(a, b) -> bool:
@@ -77,14 +79,54 @@ def bridging_recalls(encoders: PromptEncoders, n: int = 256, seed: int = 0, embe
             'video→audio': r(tv, 'video', ta, 'audio'), 'audio→video': r(ta, 'audio', tv, 'video')}
 
 # %% ../nbs/09_bridging_alignment.ipynb
-def train_prompt_encoders(steps: tuple = (1500, 1000, 1500), seed: int = 0, save_to=None, log_every: int = 0) -> PromptEncoders:
-    "The whole recipe: CLIP on text-image pairs, then audio and video bridged to the frozen text tower; optionally saved."
+def scene_caption_vectors(encoders: PromptEncoders, per_scene: int = 12, seed: int = 0) -> dict:
+    "{Factors: mean normalised embedding of `per_scene` full captions} for every still and moving ToyWorld scene."
+    rng = np.random.default_rng(seed)
+    scenes = [Factors(s, c, z, d) for s, c, z in itertools.product(SHAPES, COLORS, SIZES) for d in (None, *DIRECTIONS)]
+    kind = lambda f: 'video' if f.direction else ('image', 'audio')[int(rng.integers(2))]
+    captions = [make_caption(f, rng, kind(f)) for f in scenes for _ in range(per_scene)]
+    vectors = encoders.encode({'text': captions})['text'].view(len(scenes), per_scene, -1)
+    return dict(zip(scenes, F.normalize(vectors.mean(1), dim=-1)))
+
+def partial_caption_target(scene_vectors: dict, factors: Factors, leave_out: tuple[str, ...]) -> torch.Tensor:
+    "Where a caption of `factors` that leaves out `leave_out` should embed: the normalised mean over every completion."
+    values = itertools.product(*[FACTOR_VALUES[k] for k in leave_out])
+    completions = [dataclasses.replace(factors, **dict(zip(leave_out, v))) for v in values]
+    return F.normalize(torch.stack([scene_vectors[f] for f in completions]).mean(0), dim=-1)
+
+def teach_partial_captions(encoders: PromptEncoders, steps: int = 600, n: int = 6000, batch_size: int = 128, lr: float = 5e-4,
+                           full_weight: float = 4.0, seed: int = 0, log_every: int = 0) -> list[float]:
+    "Stage 4: captions leaving out color and/or size move to the mean of their completions; full captions stay where they are."
+    rng = np.random.default_rng(seed); torch.manual_seed(seed)
+    targets_of = scene_caption_vectors(encoders, seed=seed)
+    scenes = list(targets_of)
+    partial, targets, full = [], [], []
+    for _ in range(n):
+        f = scenes[int(rng.integers(len(scenes)))]
+        kind = 'video' if f.direction else ('image', 'audio')[int(rng.integers(2))]
+        leave_out = [('color',), ('size',), ('color', 'size')][int(rng.integers(3))]
+        partial.append(make_caption(f, rng, kind, leave_out)); targets.append(partial_caption_target(targets_of, f, leave_out))
+        full.append(make_caption(f, rng, kind))
+    targets, pinned = torch.stack(targets), encoders.encode({'text': full})['text']     # pinned: the frozen tower's own points
+    partial_ids, full_ids = encoders.tokenizer(partial), encoders.tokenizer(full)
+    clip = encoders.clip.train()
+    tower = [clip.token_embedding.weight, clip.positional_embedding, clip.text_projection, *clip.transformer.parameters(), *clip.ln_final.parameters()]
+    cosine = lambda ids, t: (F.normalize(encoders.embed('text', ids), dim=-1) * t).sum(-1).mean()
+    loss = lambda i: (1 - cosine(partial_ids[i], targets[i])) + full_weight * (1 - cosine(full_ids[i], pinned[i]))
+    losses = train_contrastive(tower, loss, n, steps, batch_size, lr, seed, log_every)
+    encoders.eval()
+    return losses
+
+# %% ../nbs/09_bridging_alignment.ipynb
+def train_prompt_encoders(steps: tuple = (1500, 1000, 1500, 600), seed: int = 0, save_to=None, log_every: int = 0) -> PromptEncoders:
+    "The whole recipe: CLIP on text-image pairs, audio and video bridged to the frozen text tower, then partial captions taught; optionally saved."
     start = time.process_time()
     torch.manual_seed(seed)
     encoders = PromptEncoders()
     train_clip(encoders, steps[0], seed=seed, log_every=log_every)
     train_bridge(encoders, 'audio', steps[1], seed=seed, log_every=log_every)
     train_bridge(encoders, 'video', steps[2], seed=seed, log_every=log_every)
+    teach_partial_captions(encoders, steps[3], seed=seed, log_every=log_every)
     encoders.eval()
     if save_to is not None:
         save_pretrained(encoders, save_to, extra={'recipe': f'train_prompt_encoders(steps={steps}, seed={seed})',

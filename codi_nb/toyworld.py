@@ -222,14 +222,16 @@ CAPTION_TEMPLATES = {
     'video': ('a {size} {color} {shape} moving {direction}', '{size} {color} {shape} bouncing {direction}'),
     'audio': ('the sound of a {size} {color} {shape}',)}
 
-def make_caption(factors: Factors, rng, kind: str = 'image') -> str:
-    "A caption for an image, a video or a sound of these factors, with synonyms drawn at random."
+def make_caption(factors: Factors, rng, kind: str = 'image', leave_out: tuple[str, ...] = ()) -> str:
+    "A caption for an image, a video or a sound of these factors, with synonyms drawn at random; factors in `leave_out` ('color', 'size') go unsaid."
     if kind not in CAPTION_TEMPLATES: raise ValueError(f'kind must be one of {tuple(CAPTION_TEMPLATES)}, got {kind!r}')
     if kind == 'video' and factors.direction is None: raise ValueError('a video caption needs factors with a direction')
+    if not set(leave_out) <= {'color', 'size'}: raise ValueError(f"only 'color' and 'size' can be left out of a caption, got {list(leave_out)}")
     rng = as_rng(rng)
     templates = CAPTION_TEMPLATES[kind]
     template = templates[int(rng.integers(len(templates)))]
-    words = {k: SYNONYMS[v][int(rng.integers(len(SYNONYMS[v])))] for k, v in factors.as_dict().items()}
+    for name in leave_out: template = template.replace(f' that is {{{name}}}', '').replace(f'{{{name}}} ', '')
+    words = {k: SYNONYMS[v][int(rng.integers(len(SYNONYMS[v])))] for k, v in factors.as_dict().items() if k not in leave_out}
     text = template.format(**words)
     return re.sub(r'\ba (?=[aeiou])', 'an ', text)
 
