@@ -4,7 +4,8 @@
 
 # %% ../nbs/18_official_codi.ipynb 2
 from __future__ import annotations
-import dataclasses, math, os, pickle, re
+import dataclasses, functools, math, os, pickle, re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -22,16 +23,18 @@ from .audio_codec import HiFiGAN, HiFiGANConfig, MelConfig
 from .text_vae import TextVAE, TextVAEConfig
 
 # %% auto 0
-__all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODER_PREFIXES', 'OFFICIAL_ENCODERS',
+__all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODERS', 'OFFICIAL_ENCODER_PREFIXES',
            'OFFICIAL_CONSTANT_BUFFERS', 'COMPUTED_BUFFERS', 'Dim1ScaleNorm', 'LogDistancePositionBias',
            'OfficialTemporalAttention', 'ChannelGEGLU', 'TokenShiftFeedForward', 'shift_frames', 'GroupedFrameShift',
            'OfficialTemporalModule', 'MultiDimLinear', 'MultiDimFCBlock', 'OfficialUNetConfig',
            'OfficialVideoUNetConfig', 'OfficialTextUNetConfig', 'block_levels', 'ConnectorsMixin', 'OfficialAudioUNet',
            'OfficialVideoUNet', 'OfficialTextUNet', 'OfficialDiffuser', 'official_unet_config', 'official_unet',
-           'OfficialImageAutoencoder', 'OfficialMelFrontEnd', 'OfficialAudioLDMConfig', 'OfficialAudioLDM',
-           'CLIPTemporalAttention', 'SequenceFeedForward', 'CLIPTemporalModule', 'official_clip_config', 'OfficialCLIP',
-           'official_optimus_config', 'read_official_state_dict', 'detect_official_unet', 'OfficialEncoder',
-           'OfficialEncoders', 'official_encoders', 'drop_constant_buffers', 'load_official',
+           'OfficialImageAutoencoder', 'windowed_fourier_basis', 'OfficialMelFrontEnd', 'OfficialAudioLDMConfig',
+           'OfficialAudioLDM', 'CLIPTemporalAttention', 'SequenceFeedForward', 'CLIPTemporalModule',
+           'official_clip_config', 'OfficialCLIP', 'official_optimus_config', 'relative_position_index',
+           'split_windows', 'merge_windows', 'shifted_window_mask', 'WindowAttention', 'SwinBlock', 'PatchMerging',
+           'SwinStage', 'HTSATConfig', 'HTSAT', 'OfficialCLAP', 'read_official_state_dict', 'detect_official_unet',
+           'OfficialEncoder', 'OfficialEncoders', 'official_encoders', 'drop_constant_buffers', 'load_official',
            'find_official_checkpoint']
 
 # %% ../nbs/18_official_codi.ipynb
@@ -345,6 +348,17 @@ class OfficialImageAutoencoder(KLAutoencoder):
 # %% ../nbs/18_official_codi.ipynb
 def _building_on_meta() -> bool: return torch.empty(0).device.type == 'meta'
 
+def _fourier_rows(n_fft: int) -> Tensor:
+    "cos(2 pi k n / N) for k = 0..N/2, then -sin(2 pi k n / N): the real and imaginary DFT rows, float64 (N + 2, N)."
+    n = torch.arange(n_fft, dtype=torch.float64)
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    return torch.cat([torch.cos(2 * math.pi * k * n / n_fft), -torch.sin(2 * math.pi * k * n / n_fft)])
+
+@functools.cache
+def windowed_fourier_basis(n_fft: int) -> Tensor:
+    "The DFT rows times a periodic Hann window, (N + 2, 1, N) float32: an STFT as a strided convolution, as the release computes it."
+    return (_fourier_rows(n_fft) * torch.hann_window(n_fft, periodic=True, dtype=torch.float64))[:, None].float().to('cpu')
+
 class _STFTBases(nn.Module):
     "The windowed Fourier bases of the release's STFT, as buffers `forward_basis` and `inverse_basis` (n_fft + 2, 1, n_fft)."
     def __init__(self, n_fft: int, hop: int):
@@ -352,13 +366,9 @@ class _STFTBases(nn.Module):
         if _building_on_meta():                                         # shapes only: a loaded file fills them
             for name in ('forward_basis', 'inverse_basis'): self.register_buffer(name, torch.empty(n_fft + 2, 1, n_fft))
             return
-        n = torch.arange(n_fft, dtype=torch.float64)
-        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
-        basis = torch.cat([torch.cos(2 * math.pi * k * n / n_fft), -torch.sin(2 * math.pi * k * n / n_fft)])   # real rows, then imaginary
-        window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
-        inverse = torch.linalg.pinv(n_fft / hop * basis).T
-        self.register_buffer('forward_basis', (basis * window)[:, None].float())
-        self.register_buffer('inverse_basis', (inverse * window)[:, None].float())
+        inverse = torch.linalg.pinv(n_fft / hop * _fourier_rows(n_fft)).T
+        self.register_buffer('forward_basis', windowed_fourier_basis(n_fft).clone())
+        self.register_buffer('inverse_basis', (inverse * torch.hann_window(n_fft, periodic=True, dtype=torch.float64))[:, None].float())
 
 class OfficialMelFrontEnd(nn.Module):
     "AudioLDM's log-mel front end (`fn_STFT`): peak 0.5, pad or cut, STFT by convolution, Slaney mel, natural log."
@@ -487,6 +497,194 @@ def official_optimus_config(**changes) -> TextVAEConfig:
     return dataclasses.replace(TextVAEConfig.codi_optimus(), latent_to_embeddings=True, **changes)
 
 # %% ../nbs/18_official_codi.ipynb
+def relative_position_index(window: int) -> Tensor:
+    "For the w*w positions of a window, the row of the relative-position table for each pair (query, key): (w*w, w*w)."
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing='ij')).flatten(1)   # (2, w*w)
+    offsets = coords[:, :, None] - coords[:, None, :] + window - 1                                               # each in 0..2w-2
+    return offsets[0] * (2 * window - 1) + offsets[1]
+
+def split_windows(x: Tensor, window: int) -> Tensor:
+    "(B, H, W, C) -> (B * windows, window * window, C), windows in row-major order within each image."
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, c).transpose(2, 3)
+    return x.reshape(-1, window * window, c)
+
+def merge_windows(windows: Tensor, window: int, h: int, w: int) -> Tensor:
+    "Inverse of `split_windows`: (B * windows, window * window, C) -> (B, H, W, C)."
+    c = windows.shape[-1]
+    x = windows.reshape(-1, h // window, w // window, window, window, c).transpose(2, 3)
+    return x.reshape(-1, h, w, c)
+
+def shifted_window_mask(size: int, window: int, shift: int) -> Tensor:
+    "For a size x size map rolled by -shift: -100 where two positions of one window came from different regions, else 0."
+    regions = torch.zeros(1, size, size, 1)
+    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for i, (rows, cols) in enumerate((r, c) for r in bounds for c in bounds): regions[:, rows, cols] = i
+    labels = split_windows(regions, window)[..., 0]                                     # (windows, w*w)
+    return (labels[:, None, :] != labels[:, :, None]).float() * -100.0
+
+# %% ../nbs/18_official_codi.ipynb
+class WindowAttention(nn.Module):
+    "Multi-head self-attention within windows, with a learned bias per relative position (Swin)."
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__()
+        self.heads = heads
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.register_buffer('relative_position_index', relative_position_index(window))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        "x: (B * windows, N, C); mask (windows, N, N) added to the logits, window i of every image getting mask[i]."
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)[None]   # (1, heads, N, N)
+        if mask is not None: bias = bias + mask.repeat(b // len(mask), 1, 1)[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+class SwinBlock(nn.Module):
+    "Pre-norm window attention (on windows shifted by `shift` if > 0) and MLP, both residual, on a (B, size*size, C) map."
+    def __init__(self, dim: int, size: int, heads: int, window: int, shift: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        if size <= window: window, shift = size, 0                 # a map no larger than a window: one window, no shift
+        self.size, self.window, self.shift = size, window, shift
+        self.norm1, self.attn = nn.LayerNorm(dim), WindowAttention(dim, heads, window)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, int(dim * mlp_ratio)), act=nn.GELU(), fc2=nn.Linear(int(dim * mlp_ratio), dim)))
+        self.register_buffer('attn_mask', shifted_window_mask(size, window, shift) if shift else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        h = self.norm1(x).reshape(b, self.size, self.size, c)
+        if self.shift: h = torch.roll(h, (-self.shift, -self.shift), dims=(1, 2))
+        h = merge_windows(self.attn(split_windows(h, self.window), self.attn_mask), self.window, self.size, self.size)
+        if self.shift: h = torch.roll(h, (self.shift, self.shift), dims=(1, 2))
+        x = x + h.reshape(b, n, c)
+        return x + self.mlp(self.norm2(x))
+
+class PatchMerging(nn.Module):
+    "Each 2 x 2 group of positions -> one position of twice the width: concatenate (LDM order), LayerNorm, linear."
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.size = size
+        self.norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        x = x.reshape(b, self.size, self.size, c)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x.reshape(b, -1, 4 * c)))
+
+class SwinStage(nn.Module):
+    "`blocks` alternating plain and shifted windows, then (except in the last stage) a `downsample` patch merging."
+    def __init__(self, dim: int, size: int, depth: int, heads: int, window: int, downsample: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(SwinBlock(dim, size, heads, window, window // 2 if i % 2 else 0) for i in range(depth))
+        self.downsample = PatchMerging(dim, size) if downsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks: x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+# %% ../nbs/18_official_codi.ipynb
+@dataclass
+class HTSATConfig:
+    "HTS-AT (the released 'large' model by default) and CLAP's audio front end and projection."
+    embed_dim: int = 256
+    depths: tuple = (2, 2, 12, 2)
+    num_heads: tuple = (4, 8, 16, 32)
+    window: int = 8
+    spec_size: int = 256                 # the square the mel image is folded into
+    patch_size: int = 4
+    mel_bins: int = 64
+    num_classes: int = 527               # AudioSet classes of the unused sound-event head
+    sample_rate: int = 48000
+    n_fft: int = 1024
+    hop: int = 480
+    f_min: float = 50.0
+    f_max: float = 14000.0
+    clip_samples: int = 480000           # 10 s at 48 kHz
+    joint_dim: int = 768                 # CLAP's (= CoDi's) embedding width
+
+    @property
+    def width(self) -> int: return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+class HTSAT(nn.Module):
+    "HTS-AT: log-mel (B, 1, T, mel_bins) in dB -> mean Swin feature (B, width); official parameter names."
+    def __init__(self, c: HTSATConfig):
+        super().__init__()
+        self.config = c
+        self.bn0 = nn.BatchNorm2d(c.mel_bins)
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(1, c.embed_dim, c.patch_size, stride=c.patch_size)
+        self.patch_embed.norm = nn.LayerNorm(c.embed_dim)
+        grid, last = c.spec_size // c.patch_size, len(c.depths) - 1
+        self.layers = nn.ModuleList(SwinStage(c.embed_dim * 2 ** i, grid // 2 ** i, depth, heads, c.window, i < last)
+                                    for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads)))
+        self.norm = nn.LayerNorm(c.width)
+        freq_rows = grid // 2 ** last // (c.spec_size // c.mel_bins)
+        self.tscam_conv = nn.Conv2d(c.width, c.num_classes, (freq_rows, 3), padding=(0, 1))   # sound-event head: stored, unused here
+        self.head = nn.Linear(c.num_classes, c.num_classes)
+
+    def to_image(self, log_mel: Tensor) -> Tensor:
+        "(B, 1, T, mel_bins) -> (B, 1, spec_size, spec_size): stretch T to spec_size * r (r = spec_size / mel_bins), stack r strips."
+        c = self.config
+        r = c.spec_size // c.mel_bins
+        b, _, t, f = log_mel.shape
+        if t > c.spec_size * r or f != c.mel_bins: raise ValueError(f'expected at most {c.spec_size * r} frames of {c.mel_bins} mel bins, got {(t, f)}')
+        if t < c.spec_size * r: log_mel = F.interpolate(log_mel, (c.spec_size * r, f), mode='bicubic', align_corners=True)
+        x = log_mel.transpose(2, 3).reshape(b, 1, f, r, c.spec_size).transpose(2, 3)          # (B, 1, r, F, T/r)
+        return x.reshape(b, 1, r * f, c.spec_size)
+
+    def forward(self, log_mel: Tensor) -> Tensor:
+        x = self.bn0(log_mel.transpose(1, 3)).transpose(1, 3)                                 # normalise each mel bin
+        x = self.patch_embed.proj(self.to_image(x)).flatten(2).transpose(1, 2)
+        x = self.patch_embed.norm(x)
+        for stage in self.layers: x = stage(x)
+        return self.norm(x).mean(1)
+
+# %% ../nbs/18_official_codi.ipynb
+class OfficialCLAP(nn.Module):
+    "The released `clap`: CLAP's audio tower, 16 kHz waveforms -> (B, 1, 768) unit vectors, as CoDi's audio prompt encoder."
+    def __init__(self, config: HTSATConfig | None = None):
+        super().__init__()
+        self.config = c = config or HTSATConfig()
+        self.model = nn.Module()
+        self.model.audio_branch = HTSAT(c)
+        self.model.audio_transform = nn.Module()           # CLAP's training-time MLP: stored in the file, not used for embeddings
+        self.model.audio_transform.sequential = nn.Sequential(nn.Linear(c.joint_dim, c.joint_dim), nn.ReLU(), nn.Dropout(0.1), nn.Linear(c.joint_dim, c.joint_dim))
+        self.model.audio_projection = nn.Sequential(nn.Linear(c.width, c.joint_dim), nn.ReLU(), nn.Linear(c.joint_dim, c.joint_dim))
+
+    @property
+    def mel_filters(self) -> Tensor:
+        "Slaney mel filters (freqs, mel_bins), as librosa's (and the release's) defaults."
+        c = self.config
+        return torchaudio.functional.melscale_fbanks(c.n_fft // 2 + 1, c.f_min, c.f_max, c.mel_bins, c.sample_rate, norm='slaney', mel_scale='slaney')
+
+    def fit_length(self, wave: Tensor, offset: int = 0) -> Tensor:
+        "48 kHz clips (B, samples) -> (B, clip_samples): repeated whole times then zero-padded, or cut at `offset`."
+        n, target = wave.shape[1], self.config.clip_samples
+        if n > target: return wave[:, offset:offset + target]
+        return F.pad(wave.repeat(1, target // n), (0, target - target // n * n))
+
+    def log_mel(self, wave: Tensor) -> Tensor:
+        "48 kHz clips (B, samples) -> power mel spectrogram in dB, (B, 1, frames, mel_bins)."
+        c = self.config
+        padded = F.pad(wave.float()[:, None], (c.n_fft // 2, c.n_fft // 2), mode='reflect')
+        real, imag = F.conv1d(padded, windowed_fourier_basis(c.n_fft).to(wave.device), stride=c.hop).chunk(2, dim=1)
+        mel = (real ** 2 + imag ** 2).transpose(1, 2) @ self.mel_filters.to(wave.device)          # (B, frames, mel_bins)
+        return 10 * torch.log10(mel.clamp(min=1e-10))[:, None]
+
+    def encode_audio(self, wave: Tensor, sample_rate: int = 16000, offset: int = 0) -> Tensor:
+        "Waveforms (B, samples) -> (B, 1, joint_dim), unit length; clips over 10 s are cut at `offset` (48 kHz samples)."
+        if wave.ndim == 3 and wave.shape[1] == 1: wave = wave[:, 0]
+        if wave.ndim != 2: raise ValueError(f'expected mono waveforms (B, samples), got {tuple(wave.shape)}')
+        wave = torchaudio.functional.resample(wave.float(), sample_rate, self.config.sample_rate)
+        mel = self.log_mel(self.fit_length(wave, offset)).to(self.model.audio_projection[0].weight.dtype)
+        return F.normalize(self.model.audio_projection(self.model.audio_branch(mel)), dim=-1)[:, None]
+
+# %% ../nbs/18_official_codi.ipynb
 def read_official_state_dict(path) -> dict[str, Tensor]:
     "The tensors of a `.pth` file, read with `weights_only=True` (no code runs); a nested 'state_dict' is unwrapped."
     try: obj = torch.load(path, map_location='cpu', weights_only=True)
@@ -512,7 +710,6 @@ def detect_official_unet(keys) -> str:
 
 # %% ../nbs/18_official_codi.ipynb
 OFFICIAL_ENCODERS_FILE = 'CoDi_encoders.pth'
-OFFICIAL_ENCODER_PREFIXES = ('autokl', 'audioldm', 'clip', 'optimus', 'clap')     # the top-level prefixes of that file
 
 @dataclass(frozen=True)
 class OfficialEncoder:
@@ -525,7 +722,9 @@ class OfficialEncoder:
 OFFICIAL_ENCODERS = {'autokl': OfficialEncoder(OfficialImageAutoencoder, AutoencoderConfig.codi_image),
                      'audioldm': OfficialEncoder(OfficialAudioLDM, OfficialAudioLDMConfig),
                      'clip': OfficialEncoder(OfficialCLIP, official_clip_config),
-                     'optimus': OfficialEncoder(TextVAE, official_optimus_config)}
+                     'optimus': OfficialEncoder(TextVAE, official_optimus_config),
+                     'clap': OfficialEncoder(OfficialCLAP, HTSATConfig)}
+OFFICIAL_ENCODER_PREFIXES = tuple(OFFICIAL_ENCODERS)                               # the top-level prefixes of that file
 
 class OfficialEncoders(nn.Module):
     "Parts of `CoDi_encoders.pth` as submodules named by their prefixes, so their keys are the file's keys."
@@ -567,12 +766,7 @@ def _fit_encoders(state: dict, source: str, parts, configs) -> tuple[nn.Module, 
     stray = sorted(k for prefix, keys in groups.items() if prefix not in OFFICIAL_ENCODER_PREFIXES for k in keys)
     if stray: raise StateDictMismatch(f'{source}: {len(stray)} keys outside the prefixes {OFFICIAL_ENCODER_PREFIXES}: {stray[:10]}')
     present = [p for p in OFFICIAL_ENCODER_PREFIXES if p in groups]
-    if parts is None:
-        unbuilt = [p for p in present if p not in OFFICIAL_ENCODERS]
-        if unbuilt:
-            raise ValueError(f'{source} holds {", ".join(f"{p}.* ({len(groups[p])} keys)" for p in unbuilt)}, which this library does not '
-                             f'build yet; load the other parts with parts={tuple(p for p in present if p in OFFICIAL_ENCODERS)}')
-        parts = present
+    parts = present if parts is None else list(parts)
     absent = [p for p in parts if p not in groups]
     if absent: raise StateDictMismatch(f'{source} has no keys for the parts {absent}; it holds {present}')
     with torch.device('meta'): model = official_encoders(parts, configs)
