@@ -564,7 +564,7 @@ class SwinBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 class PatchMerging(nn.Module):
-    "Each 2 x 2 group of positions -> one position of twice the width: concatenate (LDM order), LayerNorm, linear."
+    "Each 2 x 2 group of positions -> one position of twice the width: concatenate (even/even, odd/even, even/odd, odd/odd), LayerNorm, linear."
     def __init__(self, dim: int, size: int):
         super().__init__()
         self.size = size
