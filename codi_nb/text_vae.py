@@ -111,7 +111,7 @@ class TextVAEConfig:
     pad_id: int = PAD_ID               # decoder special ids
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
-    latent_to_embeddings: bool = False  # Optimus's second path (add W z to every token embedding); off in CoDi
+    latent_to_embeddings: bool = False  # Optimus's second path (add W z to every token embedding); on in the released CoDi (chapter 18)
     pooling: str = 'first'             # 'first': BERT's pooler (dense + tanh of the first token), as Optimus; 'mean': mean of all tokens, no pooler
 
     def __post_init__(self):
