@@ -145,7 +145,7 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=warmup)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=max(warmup, 2 / steps))   # a warm-up of at least 2 steps (OneCycleLR divides by it)
     ema = copy.deepcopy(model).requires_grad_(False)
     model.train(); losses, start = [], time.time()
     for step in range(steps):
