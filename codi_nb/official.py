@@ -24,18 +24,19 @@ from .text_vae import TextVAE, TextVAEConfig
 
 # %% auto 0
 __all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODERS', 'OFFICIAL_ENCODER_PREFIXES',
-           'OFFICIAL_CONSTANT_BUFFERS', 'COMPUTED_BUFFERS', 'Dim1ScaleNorm', 'LogDistancePositionBias',
-           'OfficialTemporalAttention', 'ChannelGEGLU', 'TokenShiftFeedForward', 'shift_frames', 'GroupedFrameShift',
-           'OfficialTemporalModule', 'MultiDimLinear', 'MultiDimFCBlock', 'OfficialUNetConfig',
-           'OfficialVideoUNetConfig', 'OfficialTextUNetConfig', 'block_levels', 'ConnectorsMixin', 'OfficialAudioUNet',
-           'OfficialVideoUNet', 'OfficialTextUNet', 'OfficialDiffuser', 'official_unet_config', 'official_unet',
-           'OfficialImageAutoencoder', 'windowed_fourier_basis', 'OfficialMelFrontEnd', 'OfficialAudioLDMConfig',
-           'OfficialAudioLDM', 'CLIPTemporalAttention', 'SequenceFeedForward', 'CLIPTemporalModule',
-           'official_clip_config', 'OfficialCLIP', 'official_optimus_config', 'relative_position_index',
-           'split_windows', 'merge_windows', 'shifted_window_mask', 'WindowAttention', 'SwinBlock', 'PatchMerging',
-           'SwinStage', 'HTSATConfig', 'HTSAT', 'OfficialCLAP', 'read_official_state_dict', 'detect_official_unet',
-           'OfficialEncoder', 'OfficialEncoders', 'official_encoders', 'drop_constant_buffers', 'load_official',
-           'find_official_checkpoint']
+           'OFFICIAL_CONSTANT_BUFFERS', 'COMPUTED_BUFFERS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_OUTPUT_UNET',
+           'Dim1ScaleNorm', 'LogDistancePositionBias', 'OfficialTemporalAttention', 'ChannelGEGLU',
+           'TokenShiftFeedForward', 'shift_frames', 'GroupedFrameShift', 'OfficialTemporalModule', 'MultiDimLinear',
+           'MultiDimFCBlock', 'OfficialUNetConfig', 'OfficialVideoUNetConfig', 'OfficialTextUNetConfig', 'block_levels',
+           'ConnectorsMixin', 'OfficialAudioUNet', 'OfficialVideoUNet', 'OfficialTextUNet', 'OfficialDiffuser',
+           'official_unet_config', 'official_unet', 'OfficialImageAutoencoder', 'windowed_fourier_basis',
+           'OfficialMelFrontEnd', 'OfficialAudioLDMConfig', 'OfficialAudioLDM', 'CLIPTemporalAttention',
+           'SequenceFeedForward', 'CLIPTemporalModule', 'official_clip_config', 'OfficialCLIP',
+           'official_optimus_config', 'relative_position_index', 'split_windows', 'merge_windows',
+           'shifted_window_mask', 'WindowAttention', 'SwinBlock', 'PatchMerging', 'SwinStage', 'HTSATConfig', 'HTSAT',
+           'OfficialCLAP', 'read_official_state_dict', 'detect_official_unet', 'OfficialEncoder', 'OfficialEncoders',
+           'official_encoders', 'drop_constant_buffers', 'load_official', 'OfficialCoDiConfig', 'unconditional_pixels',
+           'official_sampler', 'CoDiGeneration', 'OfficialCoDi', 'find_official_checkpoint']
 
 # %% ../nbs/18_official_codi.ipynb
 class Dim1ScaleNorm(nn.Module):
@@ -803,6 +804,199 @@ def load_official(path, name: str | None = None, config=None, dtype: torch.dtype
         floating = {v.dtype for v in state.values() if v.is_floating_point()}
         dtype = floating.pop() if len(floating) == 1 else torch.float32
     return model.to(device=device, dtype=dtype).eval()
+
+# %% ../nbs/18_official_codi.ipynb
+import contextlib
+from fastcore.basics import patch
+from .schedule import NoiseSchedule
+from .samplers import Sampler, DDIMSampler, DPMSolverMultistepSampler, classifier_free_guidance
+
+# %% ../nbs/18_official_codi.ipynb
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)   # CLIPImageProcessor's defaults
+
+@dataclass
+class OfficialCoDiConfig:
+    "The released pipeline's settings in one place: latent scales and shapes, noise schedule, sampler defaults, unconditional prompts."
+    scale_factors: dict = field(default_factory=lambda: {'image': 0.18215, 'video': 0.18215, 'audio': 0.9228, 'text': 4.3108})
+    latent_shapes: dict = field(default_factory=lambda: {'image': (4, 32, 32), 'video': (4, 8, 32, 32), 'audio': (8, 256, 16), 'text': (768,)})
+    num_train_steps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    steps: int = 50                            # DDIM, eta 0
+    guidance: float = 7.5
+    empty_text_ids: tuple = (49406,) + (49407,) * 76   # CLIP tokens of "" padded to 77 (the pad token is end-of-text)
+    text_temperature: float | None = 1.0       # Optimus decoding: sample at this temperature (the release), None = greedy
+    max_text_tokens: int = 30
+
+OFFICIAL_OUTPUT_UNET = {'image': 'image', 'video': 'image', 'audio': 'audio', 'text': 'text'}   # output kind -> the UNet that makes it
+
+def unconditional_pixels(like: Tensor) -> Tensor:
+    "The release's unconditional image/video: all-zero in [-1, 1] (mid grey), after CLIP's normalisation; shape and dtype of `like`."
+    shape = [1] * like.ndim; shape[-3] = 3
+    grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    return grey.reshape(shape).to(like).expand_as(like).contiguous()
+
+def official_sampler(name: str, schedule: NoiseSchedule, steps: int) -> Sampler:
+    "'ddim' (the release: eta 0, leading spacing) or 'dpm' (DPM-Solver++ 2M), a fresh one per output (DPM keeps state)."
+    samplers = {'ddim': DDIMSampler, 'dpm': DPMSolverMultistepSampler}
+    if name not in samplers: raise ValueError(f'unknown sampler {name!r}; choose {list(samplers)}')
+    return samplers[name](schedule, steps)
+
+@dataclass
+class CoDiGeneration:
+    "What `OfficialCoDi.generate` gives: decoded outputs and the latents they came from, both keyed by output kind."
+    outputs: dict
+    latents: dict
+
+# %% ../nbs/18_official_codi.ipynb
+class OfficialCoDi(nn.Module):
+    "The released CoDi: `encoders` (an `OfficialEncoders`) and `unets` ('image', 'audio', 'text'); `generate` does any-to-any."
+    def __init__(self, encoders: OfficialEncoders, unets: dict[str, nn.Module], config: OfficialCoDiConfig | None = None):
+        super().__init__()
+        self.config = c = config or OfficialCoDiConfig()
+        self.encoders, self.unets = encoders, nn.ModuleDict(unets)
+        self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)
+        self.offload_device: torch.device | None = None
+        self.offload_log: list[str] = []             # components moved to the device, in order (sequential offload only)
+
+    @classmethod
+    def build(cls, config: OfficialCoDiConfig | None = None, encoder_configs: dict | None = None, unet_configs: dict | None = None) -> OfficialCoDi:
+        "Full size unless configs are given (per part / per UNet); inside `with torch.device('meta'):` shapes only."
+        unet_configs = unet_configs or {}
+        return cls(official_encoders(None, encoder_configs), {n: official_unet(n, unet_configs.get(n)) for n in OFFICIAL_DIFFUSERS}, config)
+
+    @classmethod
+    def from_official(cls, dtype: torch.dtype | None = None, device='cpu', config: OfficialCoDiConfig | None = None) -> OfficialCoDi:
+        "Load the four released files found by `find_official_checkpoint`; FileNotFoundError names any that are missing."
+        paths = {n: find_official_checkpoint(n) for n in (*OFFICIAL_DIFFUSERS, 'encoders')}
+        missing = [n for n, p in paths.items() if p is None]
+        if missing: raise FileNotFoundError(f'official CoDi files not found for {missing}: set $CODI_CHECKPOINTS')
+        encoders = load_official(paths['encoders'], 'encoders', dtype=dtype, device=device)
+        return cls(encoders, {n: load_official(paths[n], n, dtype=dtype, device=device) for n in OFFICIAL_DIFFUSERS}, config).eval()
+
+    @property
+    def components(self) -> dict[str, nn.Module]:
+        "The parts that run one at a time: the five encoders and the three UNets."
+        return {**dict(self.encoders.named_children()), **{f'unet_{n}': m for n, m in self.unets.items()}}
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self.offload_device if self.offload_device is not None else next(self.parameters()).device
+
+    def enable_sequential_cpu_offload(self, device='cuda') -> OfficialCoDi:
+        "Keep every component on the CPU and move each to `device` only while it runs."
+        self.offload_device = torch.device(device)
+        return self.to('cpu')
+
+    def disable_sequential_cpu_offload(self) -> OfficialCoDi:
+        self.offload_device = None
+        return self
+
+    @contextlib.contextmanager
+    def running(self, name: str):
+        "Use component `name`; with sequential offload it is on the execution device only inside this block."
+        module = self.components[name]
+        if self.offload_device is None:
+            yield module; return
+        self.offload_log.append(name)
+        module.to(self.offload_device)
+        try: yield module
+        finally: module.to('cpu')
+
+# %% ../nbs/18_official_codi.ipynb
+def _dtype_of(module: nn.Module) -> torch.dtype: return next(p for p in module.parameters() if p.is_floating_point()).dtype
+
+@patch
+@torch.no_grad()
+def encode_prompt(self: OfficialCoDi, kind: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    "(conditional, unconditional) prompt vectors (B, 1, 768) of one input: 'text' CLIP ids (B, L), 'image' (B, 3, H, W) or 'video' (B, F, 3, H, W) CLIP-normalised pixels, 'audio' 16 kHz waves (B, samples)."
+    dev = self.execution_device
+    if kind == 'text':
+        if x.ndim != 2 or x.is_floating_point(): raise ValueError(f'text input: CLIP token ids (B, L), got {x.dtype} {tuple(x.shape)}')
+        with self.running('clip') as clip:
+            empty = torch.tensor(self.config.empty_text_ids, device=dev).expand(len(x), -1)
+            return clip.encode_text(x.to(dev)), clip.encode_text(empty)
+    if kind in ('image', 'video'):
+        if x.ndim != (4 if kind == 'image' else 5) or x.shape[-3] != 3:
+            raise ValueError(f'{kind} input: CLIP-normalised pixels {"(B, 3, H, W)" if kind == "image" else "(B, F, 3, H, W)"}, got {tuple(x.shape)}')
+        with self.running('clip') as clip:
+            pixels = x.to(dev, _dtype_of(clip))
+            return clip.encode_vision(pixels), clip.encode_vision(unconditional_pixels(pixels))
+    if kind == 'audio':
+        if x.ndim != 2: raise ValueError(f'audio input: 16 kHz waveforms (B, samples), got {tuple(x.shape)}')
+        with self.running('clap') as clap:
+            wave = x.to(dev).float()
+            return clap.encode_audio(wave), clap.encode_audio(torch.zeros_like(wave))
+    raise ValueError(f'unknown input kind {kind!r}; choose text, image, video or audio')
+
+@patch
+def prompt_vectors(self: OfficialCoDi, inputs: dict[str, Tensor], weights: dict | None = None) -> tuple[Tensor, Tensor]:
+    "Weighted averages (weights default 1, normalised to sum 1) of the inputs' conditional and unconditional vectors, float32 (B, 1, 768)."
+    if not inputs: raise ValueError('generate needs at least one input')
+    w = [float((weights or {}).get(k, 1.0)) for k in inputs]
+    if any(v < 0 for v in w) or sum(w) <= 0: raise ValueError(f'weights must be non-negative with a positive sum, got {w}')
+    if len({len(x) for x in inputs.values()}) != 1: raise ValueError(f'inputs differ in batch size: { {k: len(x) for k, x in inputs.items()} }')
+    pairs = [self.encode_prompt(k, x) for k, x in inputs.items()]
+    mix = lambda i: sum(wi * p[i].float() for wi, p in zip(w, pairs)) / sum(w)
+    return mix(0), mix(1)
+
+# %% ../nbs/18_official_codi.ipynb
+@patch
+@torch.no_grad()
+def sample_latents(self: OfficialCoDi, inputs: dict[str, Tensor], outputs: list[str], weights: dict | None = None,
+                   steps: int | None = None, guidance: float | None = None, sampler: str = 'ddim', seed: int = 0) -> dict[str, Tensor]:
+    "Latents of every requested output: one output -> its UNet alone (env=None); several -> stepped together, each UNet reading its own environment token."
+    c = self.config
+    steps, guidance = steps or c.steps, c.guidance if guidance is None else guidance
+    outputs = list(outputs)
+    unknown = [k for k in outputs if k not in OFFICIAL_OUTPUT_UNET]
+    if unknown or not outputs or len(set(outputs)) != len(outputs):
+        raise ValueError(f'outputs must be distinct kinds from {list(OFFICIAL_OUTPUT_UNET)}, got {outputs}')
+    cond, uncond = self.prompt_vectors(inputs, weights)
+    dev, b = self.execution_device, len(cond)
+    context = torch.cat([uncond, cond]).to(dev)                                  # unconditional half first, as released
+    g = torch.Generator().manual_seed(seed)
+    xs = {k: torch.randn((b, *c.latent_shapes[k]), generator=g).to(dev) for k in outputs}
+    samplers = {k: official_sampler(sampler, self.schedule, steps) for k in outputs}
+    for t in samplers[outputs[0]].timesteps:
+        t_in = torch.full((2 * b,), int(t), device=dev, dtype=torch.long)
+        eps = {}
+        for k in outputs:                                                        # the joint call, model by model
+            with self.running(f'unet_{OFFICIAL_OUTPUT_UNET[k]}') as unet:
+                dtype = _dtype_of(unet)
+                x_in = torch.cat([xs[k], xs[k]]).to(dtype)
+                env = unet.environment(x_in, t_in) if len(outputs) > 1 else None
+                eps_u, eps_c = unet(x_in, t_in, context.to(dtype), env).float().chunk(2)
+            eps[k] = classifier_free_guidance(eps_u, eps_c, scale=guidance)
+        for k in outputs: xs[k] = samplers[k].step(eps[k], t, xs[k])
+    return xs
+
+# %% ../nbs/18_official_codi.ipynb
+@patch
+@torch.no_grad()
+def decode(self: OfficialCoDi, kind: str, latents: Tensor, seed: int = 0):
+    "Decode diffusion latents: image (B, 3, H, W) / video (B, 3, F, H, W) in [0, 1], audio 16 kHz waves (B, samples), text GPT-2 ids."
+    c, dev = self.config, self.execution_device
+    if kind in ('image', 'video'):
+        with self.running('autokl') as vae: x = vae.decode((latents / c.scale_factors[kind]).to(dev, _dtype_of(vae)))
+        return ((x.float() + 1) / 2).clamp(0, 1)
+    if kind == 'audio':
+        if latents.abs().max() > 1e2: latents = latents.clamp(-10, 10)         # the release's guard against diverged samples
+        with self.running('audioldm') as ldm:
+            return ldm.mel_to_wave(ldm.decode((latents / c.scale_factors[kind]).to(dev, _dtype_of(ldm)))).float()
+    if kind == 'text':
+        with self.running('optimus') as optimus:
+            g = torch.Generator(device=dev).manual_seed(seed)
+            return optimus.generate((latents / c.scale_factors[kind]).to(dev, _dtype_of(optimus)), c.max_text_tokens,
+                                    greedy=c.text_temperature is None, temperature=c.text_temperature or 1.0, generator=g)
+    raise ValueError(f'unknown output kind {kind!r}')
+
+@patch
+def generate(self: OfficialCoDi, inputs: dict[str, Tensor], outputs: list[str], weights: dict | None = None, steps: int | None = None,
+             guidance: float | None = None, sampler: str = 'ddim', seed: int = 0) -> CoDiGeneration:
+    "Any-to-any generation (defaults: DDIM 50 steps, guidance 7.5): `sample_latents`, then `decode` each output."
+    latents = self.sample_latents(inputs, outputs, weights, steps, guidance, sampler, seed)
+    return CoDiGeneration({k: self.decode(k, z, seed) for k, z in latents.items()}, latents)
 
 # %% ../nbs/18_official_codi.ipynb
 def find_official_checkpoint(name: str) -> Path | None:
