@@ -36,7 +36,7 @@ __all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODERS', 
            'shifted_window_mask', 'WindowAttention', 'SwinBlock', 'PatchMerging', 'SwinStage', 'HTSATConfig', 'HTSAT',
            'OfficialCLAP', 'read_official_state_dict', 'detect_official_unet', 'OfficialEncoder', 'OfficialEncoders',
            'official_encoders', 'drop_constant_buffers', 'load_official', 'OfficialCoDiConfig', 'unconditional_pixels',
-           'official_sampler', 'CoDiGeneration', 'OfficialCoDi', 'find_official_checkpoint']
+           'official_sampler', 'CoDiGeneration', 'OfficialCoDi', 'component_memory', 'find_official_checkpoint']
 
 # %% ../nbs/18_official_codi.ipynb
 class Dim1ScaleNorm(nn.Module):
@@ -808,6 +808,7 @@ def load_official(path, name: str | None = None, config=None, dtype: torch.dtype
 # %% ../nbs/18_official_codi.ipynb
 import contextlib
 from fastcore.basics import patch
+from .unet import GroupNorm32
 from .schedule import NoiseSchedule
 from .samplers import Sampler, DDIMSampler, DPMSolverMultistepSampler, classifier_free_guidance
 
@@ -855,7 +856,7 @@ class OfficialCoDi(nn.Module):
         super().__init__()
         self.config = c = config or OfficialCoDiConfig()
         self.encoders, self.unets = encoders, nn.ModuleDict(unets)
-        self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)
+        with torch.device('cpu'): self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)   # also when built on meta
         self.offload_device: torch.device | None = None
         self.offload_log: list[str] = []             # components moved to the device, in order (sequential offload only)
 
@@ -873,6 +874,13 @@ class OfficialCoDi(nn.Module):
         if missing: raise FileNotFoundError(f'official CoDi files not found for {missing}: set $CODI_CHECKPOINTS')
         encoders = load_official(paths['encoders'], 'encoders', dtype=dtype, device=device)
         return cls(encoders, {n: load_official(paths[n], n, dtype=dtype, device=device) for n in OFFICIAL_DIFFUSERS}, config).eval()
+
+    def _apply(self, fn, recurse=True):
+        "After any cast (`.to`, `.half()`, ...), the UNets' GroupNorm32 parameters go back to float32: those norms compute in float32."
+        super()._apply(fn, recurse)
+        for m in self.modules():
+            if isinstance(m, GroupNorm32): m.float()
+        return self
 
     @property
     def components(self) -> dict[str, nn.Module]:
@@ -997,6 +1005,15 @@ def generate(self: OfficialCoDi, inputs: dict[str, Tensor], outputs: list[str], 
     "Any-to-any generation (defaults: DDIM 50 steps, guidance 7.5): `sample_latents`, then `decode` each output."
     latents = self.sample_latents(inputs, outputs, weights, steps, guidance, sampler, seed)
     return CoDiGeneration({k: self.decode(k, z, seed) for k, z in latents.items()}, latents)
+
+# %% ../nbs/18_official_codi.ipynb
+def component_memory(model: OfficialCoDi) -> dict[str, tuple[int, int]]:
+    "(parameters, bytes of parameters and buffers) per component, at the model's current dtypes; works on `meta`."
+    out = {}
+    for name, m in model.components.items():
+        tensors = {id(t): t for t in [*m.parameters(), *m.buffers()]}.values()    # shared (tied) tensors once
+        out[name] = (sum(p.numel() for p in m.parameters()), sum(t.numel() * t.element_size() for t in tensors))
+    return out
 
 # %% ../nbs/18_official_codi.ipynb
 def find_official_checkpoint(name: str) -> Path | None:
