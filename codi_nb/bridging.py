@@ -15,7 +15,8 @@ from .toyworld import Factors, FACTOR_VALUES, SHAPES, COLORS, SIZES, DIRECTIONS,
 
 # %% auto 0
 __all__ = ['same_class', 'class_recall_at_1', 'train_bridge', 'train_own_text_audio', 'bridging_embeddings', 'bridging_recalls',
-           'scene_caption_vectors', 'partial_caption_target', 'teach_partial_captions', 'train_prompt_encoders']
+           'caption_kind', 'scene_caption_vectors', 'partial_caption_target', 'teach_partial_captions',
+           'train_prompt_encoders']
 
 # %% ../nbs/09_bridging_alignment.ipynb
 def same_class(a, b) -> bool:
@@ -79,12 +80,15 @@ def bridging_recalls(encoders: PromptEncoders, n: int = 256, seed: int = 0, embe
             'video→audio': r(tv, 'video', ta, 'audio'), 'audio→video': r(ta, 'audio', tv, 'video')}
 
 # %% ../nbs/09_bridging_alignment.ipynb
+def caption_kind(factors: Factors, rng) -> str:
+    "The caption template family for a scene: 'video' when it moves, else 'image' or 'audio' at random."
+    return 'video' if factors.direction else ('image', 'audio')[int(rng.integers(2))]
+
 def scene_caption_vectors(encoders: PromptEncoders, per_scene: int = 12, seed: int = 0) -> dict:
     "{Factors: mean normalised embedding of `per_scene` full captions} for every still and moving ToyWorld scene."
     rng = np.random.default_rng(seed)
     scenes = [Factors(s, c, z, d) for s, c, z in itertools.product(SHAPES, COLORS, SIZES) for d in (None, *DIRECTIONS)]
-    kind = lambda f: 'video' if f.direction else ('image', 'audio')[int(rng.integers(2))]
-    captions = [make_caption(f, rng, kind(f)) for f in scenes for _ in range(per_scene)]
+    captions = [make_caption(f, rng, caption_kind(f, rng)) for f in scenes for _ in range(per_scene)]
     vectors = encoders.encode({'text': captions})['text'].view(len(scenes), per_scene, -1)
     return dict(zip(scenes, F.normalize(vectors.mean(1), dim=-1)))
 
@@ -103,7 +107,7 @@ def teach_partial_captions(encoders: PromptEncoders, steps: int = 600, n: int = 
     partial, targets, full = [], [], []
     for _ in range(n):
         f = scenes[int(rng.integers(len(scenes)))]
-        kind = 'video' if f.direction else ('image', 'audio')[int(rng.integers(2))]
+        kind = caption_kind(f, rng)
         leave_out = [('color',), ('size',), ('color', 'size')][int(rng.integers(3))]
         partial.append(make_caption(f, rng, kind, leave_out)); targets.append(partial_caption_target(targets_of, f, leave_out))
         full.append(make_caption(f, rng, kind))
