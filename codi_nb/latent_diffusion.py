@@ -54,9 +54,11 @@ class LatentDiffusionConfig:
     num_train_steps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    prediction: str = 'epsilon'                      # what the denoiser outputs: 'epsilon' (noise, as CoDi) or 'v' (velocity)
 
     def __post_init__(self):
         if self.modality not in MODALITIES: raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
+        if self.prediction not in ('epsilon', 'v'): raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
         if is_dataclass(self.denoiser): self.denoiser = asdict(self.denoiser)
         self.latent_shape = tuple(self.latent_shape)
         if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got {self.condition_dropout}')
@@ -98,26 +100,32 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f'{self.config.modality} latents must be (B, {", ".join(map(str, self.config.latent_shape))}), got {tuple(latents.shape)}')
 
     def forward(self, latents: Tensor, timesteps: Tensor, condition: Tensor | None = None) -> Tensor:
-        "Predicted noise in `latents` (B, *latent_shape) at integer `timesteps` (B,)."
+        "The denoiser's raw output (noise, or velocity when `config.prediction == 'v'`) for `latents` (B, *latent_shape) at integer `timesteps` (B,)."
         self.check_latents(latents)
         return self.denoiser(latents, timesteps, self.condition_tokens(condition, len(latents)))
 
+    def predict_noise(self, latents: Tensor, timesteps: Tensor, condition: Tensor | None = None) -> Tensor:
+        "Predicted noise in `latents`, whatever the denoiser outputs (samplers work on noise)."
+        out = self(latents, timesteps, condition)
+        return out if self.config.prediction == 'epsilon' else self.schedule.eps_from_velocity(latents, out, timesteps)
+
     def loss(self, latents: Tensor, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        "The denoising loss ||eps - eps_theta(sqrt(abar) z + sqrt(1 - abar) eps, t, c)||², with each condition dropped to zero at rate `condition_dropout`."
+        "The denoising loss ||eps - eps_theta(sqrt(abar) z + sqrt(1 - abar) eps, t, c)||² (or the same on the velocity), with each condition dropped to zero at rate `condition_dropout`."
         b, device = len(latents), latents.device
         cond = self.condition_tokens(condition, b)
         drop = torch.rand(b, generator=generator) < self.config.condition_dropout
         cond = cond.masked_fill(drop.to(device)[:, None, None], 0.0)
         t = torch.randint(0, self.config.num_train_steps, (b,), generator=generator).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        return F.mse_loss(self(self.schedule.add_noise(latents, noise, t), t, cond), noise)
+        target = noise if self.config.prediction == 'epsilon' else self.schedule.velocity(latents, noise, t)
+        return F.mse_loss(self(self.schedule.add_noise(latents, noise, t), t, cond), target)
 
     def guided_denoiser(self, condition: Tensor, guidance: float = 3.0):
         "eps(x, t) with classifier-free guidance: eps_u + guidance (eps_c - eps_u); the unconditional input is the zero vector."
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             cond = self.condition_tokens(condition, len(x))
-            if guidance == 1.0: return self(x, t, cond)
-            eps = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.zeros_like(cond), cond]))
+            if guidance == 1.0: return self.predict_noise(x, t, cond)
+            eps = self.predict_noise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.zeros_like(cond), cond]))
             return classifier_free_guidance(*eps.chunk(2), scale=guidance)
         return denoise
 
