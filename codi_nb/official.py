@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn, Tensor
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, GPT2Tokenizer
 from .unet import UNetConfig, UNetModel, SpatialTransformer, TimestepEmbedSequential, normalization, timestep_embedding, zero_module
 from .unet import find_reference_dir
 from .video_unet import FrameShiftBlock, RelativePositionBias, VideoResBlock, VideoUNetModel
@@ -23,20 +23,22 @@ from .audio_codec import HiFiGAN, HiFiGANConfig, MelConfig
 from .text_vae import TextVAE, TextVAEConfig
 
 # %% auto 0
-__all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODERS', 'OFFICIAL_ENCODER_PREFIXES',
-           'OFFICIAL_CONSTANT_BUFFERS', 'COMPUTED_BUFFERS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_OUTPUT_UNET',
-           'Dim1ScaleNorm', 'LogDistancePositionBias', 'OfficialTemporalAttention', 'ChannelGEGLU',
-           'TokenShiftFeedForward', 'shift_frames', 'GroupedFrameShift', 'OfficialTemporalModule', 'MultiDimLinear',
-           'MultiDimFCBlock', 'OfficialUNetConfig', 'OfficialVideoUNetConfig', 'OfficialTextUNetConfig', 'block_levels',
-           'ConnectorsMixin', 'OfficialAudioUNet', 'OfficialVideoUNet', 'OfficialTextUNet', 'OfficialDiffuser',
-           'official_unet_config', 'official_unet', 'OfficialImageAutoencoder', 'windowed_fourier_basis',
-           'OfficialMelFrontEnd', 'OfficialAudioLDMConfig', 'OfficialAudioLDM', 'CLIPTemporalAttention',
-           'SequenceFeedForward', 'CLIPTemporalModule', 'official_clip_config', 'OfficialCLIP',
-           'official_optimus_config', 'relative_position_index', 'split_windows', 'merge_windows',
-           'shifted_window_mask', 'WindowAttention', 'SwinBlock', 'PatchMerging', 'SwinStage', 'HTSATConfig', 'HTSAT',
-           'OfficialCLAP', 'read_official_state_dict', 'detect_official_unet', 'OfficialEncoder', 'OfficialEncoders',
+__all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_SOURCE_MARKER', 'OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODERS',
+           'OFFICIAL_ENCODER_PREFIXES', 'OFFICIAL_CONSTANT_BUFFERS', 'COMPUTED_BUFFERS', 'CLIP_MEAN', 'CLIP_STD',
+           'OFFICIAL_OUTPUT_UNET', 'RELEASE_GPT2_FOLDER', 'GPT2_FILES', 'OPTIMUS_SPECIAL_TOKENS', 'Dim1ScaleNorm',
+           'LogDistancePositionBias', 'OfficialTemporalAttention', 'ChannelGEGLU', 'TokenShiftFeedForward',
+           'shift_frames', 'GroupedFrameShift', 'OfficialTemporalModule', 'MultiDimLinear', 'MultiDimFCBlock',
+           'OfficialUNetConfig', 'OfficialVideoUNetConfig', 'OfficialTextUNetConfig', 'block_levels', 'ConnectorsMixin',
+           'OfficialAudioUNet', 'OfficialVideoUNet', 'OfficialTextUNet', 'OfficialDiffuser', 'official_unet_config',
+           'official_unet', 'OfficialImageAutoencoder', 'windowed_fourier_basis', 'OfficialMelFrontEnd',
+           'OfficialAudioLDMConfig', 'OfficialAudioLDM', 'CLIPTemporalAttention', 'SequenceFeedForward',
+           'CLIPTemporalModule', 'official_clip_config', 'OfficialCLIP', 'official_optimus_config',
+           'relative_position_index', 'split_windows', 'merge_windows', 'shifted_window_mask', 'WindowAttention',
+           'SwinBlock', 'PatchMerging', 'SwinStage', 'HTSATConfig', 'HTSAT', 'OfficialCLAP', 'find_official_source',
+           'read_official_state_dict', 'detect_official_unet', 'OfficialEncoder', 'OfficialEncoders',
            'official_encoders', 'drop_constant_buffers', 'load_official', 'OfficialCoDiConfig', 'unconditional_pixels',
-           'official_sampler', 'CoDiGeneration', 'OfficialCoDi', 'component_memory', 'find_official_checkpoint']
+           'official_sampler', 'CoDiGeneration', 'OfficialCoDi', 'clip_tokenizer', 'clip_token_ids', 'gpt2_tokenizer',
+           'optimus_words', 'component_memory', 'find_official_checkpoint']
 
 # %% ../nbs/18_official_codi.ipynb
 class Dim1ScaleNorm(nn.Module):
@@ -686,6 +688,20 @@ class OfficialCLAP(nn.Module):
         return F.normalize(self.model.audio_projection(self.model.audio_branch(mel)), dim=-1)[:, None]
 
 # %% ../nbs/18_official_codi.ipynb
+OFFICIAL_SOURCE_MARKER = 'core/models/latent_diffusion/diffusion_unet.py'   # a file only the released source has
+
+def find_official_source() -> Path | None:
+    "The released CoDi source (the `i-Code-V3` folder of microsoft/i-Code, holding `core/`): $CODI_OFFICIAL_SRC, else `i-Code/i-Code-V3` or `i-Code-V3` in the working folder or a parent; None if absent."
+    if env := os.environ.get('CODI_OFFICIAL_SRC'):
+        root = Path(env).expanduser()
+        found = next((p for p in (root, root / 'i-Code-V3') if (p / OFFICIAL_SOURCE_MARKER).is_file()), None)
+        if found is None: raise FileNotFoundError(f'$CODI_OFFICIAL_SRC={env} holds no released CoDi source: expected {OFFICIAL_SOURCE_MARKER} '
+                                                  'in it or in its i-Code-V3/ (a clone of microsoft/i-Code); unset it to skip the live checks')
+        return found
+    here = Path.cwd().resolve()
+    return next((p / sub for p in (here, *here.parents) for sub in ('i-Code/i-Code-V3', 'i-Code-V3') if (p / sub / OFFICIAL_SOURCE_MARKER).is_file()), None)
+
+# %% ../nbs/18_official_codi.ipynb
 def read_official_state_dict(path) -> dict[str, Tensor]:
     "The tensors of a `.pth` file, read with `weights_only=True` (no code runs); a nested 'state_dict' is unwrapped."
     try: obj = torch.load(path, map_location='cpu', weights_only=True)
@@ -859,6 +875,7 @@ class OfficialCoDi(nn.Module):
         with torch.device('cpu'): self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)   # also when built on meta
         self.offload_device: torch.device | None = None
         self.offload_log: list[str] = []             # components moved to the device, in order (sequential offload only)
+        self.gpt2_tokenizer: GPT2Tokenizer | None = None   # set by `set_gpt2_vocabulary`: text outputs then come as captions
 
     @classmethod
     def build(cls, config: OfficialCoDiConfig | None = None, encoder_configs: dict | None = None, unet_configs: dict | None = None) -> OfficialCoDi:
@@ -867,13 +884,14 @@ class OfficialCoDi(nn.Module):
         return cls(official_encoders(None, encoder_configs), {n: official_unet(n, unet_configs.get(n)) for n in OFFICIAL_DIFFUSERS}, config)
 
     @classmethod
-    def from_official(cls, dtype: torch.dtype | None = None, device='cpu', config: OfficialCoDiConfig | None = None) -> OfficialCoDi:
-        "Load the four released files found by `find_official_checkpoint`; FileNotFoundError names any that are missing."
+    def from_official(cls, dtype: torch.dtype | None = None, device='cpu', config: OfficialCoDiConfig | None = None, gpt2_vocab=None) -> OfficialCoDi:
+        "Load the four released files found by `find_official_checkpoint`, and GPT-2's vocabulary from `gpt2_vocab` or the released source if found."
         paths = {n: find_official_checkpoint(n) for n in (*OFFICIAL_DIFFUSERS, 'encoders')}
         missing = [n for n, p in paths.items() if p is None]
         if missing: raise FileNotFoundError(f'official CoDi files not found for {missing}: set $CODI_CHECKPOINTS')
         encoders = load_official(paths['encoders'], 'encoders', dtype=dtype, device=device)
-        return cls(encoders, {n: load_official(paths[n], n, dtype=dtype, device=device) for n in OFFICIAL_DIFFUSERS}, config).eval()
+        model = cls(encoders, {n: load_official(paths[n], n, dtype=dtype, device=device) for n in OFFICIAL_DIFFUSERS}, config).eval()
+        return model.set_gpt2_vocabulary(gpt2_vocab) if gpt2_vocab is not None or find_official_source() is not None else model
 
     def _apply(self, fn, recurse=True):
         "After any cast (`.to`, `.half()`, ...), the UNets' GroupNorm32 parameters go back to float32: those norms compute in float32."
@@ -912,15 +930,83 @@ class OfficialCoDi(nn.Module):
         finally: module.to('cpu')
 
 # %% ../nbs/18_official_codi.ipynb
+@functools.cache
+def clip_tokenizer() -> CLIPTokenizer:
+    "`transformers`' CLIPTokenizer (what the release uses) on OpenAI's BPE vocabulary as shipped inside open_clip (bpe_simple_vocab_16e6.txt.gz)."
+    from open_clip.tokenizer import SimpleTokenizer
+    bpe = SimpleTokenizer()                                                     # reads the vocabulary file bundled with open_clip
+    names = {bpe.sot_token_id: '<|startoftext|>', bpe.eot_token_id: '<|endoftext|>'}    # open_clip's <start_of_text>, <end_of_text>
+    merges = [pair for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
+    return CLIPTokenizer(vocab={names.get(i, token): i for token, i in bpe.encoder.items()}, merges=merges)
+
+def clip_token_ids(texts: str | list[str], length: int = 77) -> Tensor:
+    "CLIP ids (B, length) of captions, as the release makes them: start, BPE tokens, end-of-text, padded with end-of-text, cut if longer."
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts): raise TypeError(f'expected a caption or a list of captions (str), got {texts!r}')
+    return clip_tokenizer()(texts, padding='max_length', truncation=True, max_length=length, return_tensors='pt')['input_ids']
+
+RELEASE_GPT2_FOLDER = 'core/models/latent_diffusion/vae/optimus_modules/vocab'      # in the released source
+GPT2_FILES = {'vocab': ('gpt2-vocab.json', 'vocab.json'), 'merges': ('gpt2-merges.txt', 'merges.txt')}   # the release's names, GPT-2's own
+OPTIMUS_SPECIAL_TOKENS = {'pad_token': '<PAD>', 'bos_token': '<BOS>', 'eos_token': '<EOS>'}
+
+def gpt2_tokenizer(folder: str | Path | None = None) -> GPT2Tokenizer:
+    "GPT-2's tokenizer from local files in `folder` (default: the released source's copy) plus Optimus' <PAD> <BOS> <EOS>."
+    if folder is None and (src := find_official_source()) is not None: folder = src / RELEASE_GPT2_FOLDER
+    files = {}
+    if folder is not None:
+        files = {kind: next((Path(folder) / n for n in names if (Path(folder) / n).is_file()), None) for kind, names in GPT2_FILES.items()}
+    if folder is None or None in files.values():
+        raise FileNotFoundError(f'no GPT-2 vocabulary{f" in {folder}" if folder else " given, and no released source found"}. Optimus writes GPT-2 '
+                                'token ids; to turn them into words provide GPT-2\'s vocab.json and merges.txt, which the release ships as '
+                                f'i-Code-V3/{RELEASE_GPT2_FOLDER}/gpt2-vocab.json and gpt2-merges.txt: pass that folder '
+                                '(gpt2_tokenizer(folder), OfficialCoDi.set_gpt2_vocabulary(folder)) or set $CODI_OFFICIAL_SRC to the i-Code-V3 folder')
+    tokenizer = GPT2Tokenizer(vocab=str(files['vocab']), merges=str(files['merges']))
+    tokenizer.add_special_tokens(OPTIMUS_SPECIAL_TOKENS)
+    return tokenizer
+
+def optimus_words(tokenizer: GPT2Tokenizer, ids: list[int]) -> str:
+    "A caption from Optimus' GPT-2 ids, as the release prints it: special tokens dropped, repeated adjacent words merged."
+    words = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).split()
+    return ' '.join(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])
+
+# %% ../nbs/18_official_codi.ipynb
+@patch
+def clip_ids(self: OfficialCoDi, captions: str | list[str]) -> Tensor:
+    "CLIP ids (B, L) of captions for this model's CLIP text tower (L = its positions: 77 in the release)."
+    return clip_token_ids(captions, self.encoders.clip.config.text_config.max_position_embeddings)
+
+@patch
+def set_gpt2_vocabulary(self: OfficialCoDi, folder: str | Path | None = None) -> OfficialCoDi:
+    "Read GPT-2's vocabulary from `folder` (default: the released source's copy) so that text outputs come as captions."
+    tokenizer, c = gpt2_tokenizer(folder), self.encoders.optimus.config
+    specials = tokenizer.convert_tokens_to_ids(list(OPTIMUS_SPECIAL_TOKENS.values()))
+    if len(tokenizer) != c.decoder_vocab_size or specials != [c.pad_id, c.bos_id, c.eos_id]:
+        raise ValueError(f'this GPT-2 vocabulary has {len(tokenizer)} tokens with <PAD> <BOS> <EOS> at {specials}; Optimus\' decoder has '
+                         f'{c.decoder_vocab_size} with them at {[c.pad_id, c.bos_id, c.eos_id]}')
+    self.gpt2_tokenizer = tokenizer
+    return self
+
+@patch
+def text_from_ids(self: OfficialCoDi, ids: list[list[int]]) -> list[str]:
+    "Captions from Optimus' GPT-2 ids, as the release prints them; without a vocabulary set, `set_gpt2_vocabulary()` looks for one."
+    if self.gpt2_tokenizer is None: self.set_gpt2_vocabulary()
+    return [optimus_words(self.gpt2_tokenizer, row) for row in ids]
+
+# %% ../nbs/18_official_codi.ipynb
 def _dtype_of(module: nn.Module) -> torch.dtype: return next(p for p in module.parameters() if p.is_floating_point()).dtype
 
 @patch
 @torch.no_grad()
-def encode_prompt(self: OfficialCoDi, kind: str, x: Tensor) -> tuple[Tensor, Tensor]:
-    "(conditional, unconditional) prompt vectors (B, 1, 768) of one input: 'text' CLIP ids (B, L), 'image' (B, 3, H, W) or 'video' (B, F, 3, H, W) CLIP-normalised pixels, 'audio' 16 kHz waves (B, samples)."
+def encode_prompt(self: OfficialCoDi, kind: str, x: Tensor | str | list[str]) -> tuple[Tensor, Tensor]:
+    "(conditional, unconditional) prompt vectors (B, 1, 768) of one input: 'text' captions or CLIP ids (B, L), 'image' (B, 3, H, W) or 'video' (B, F, 3, H, W) CLIP-normalised pixels, 'audio' 16 kHz waves (B, samples)."
     dev = self.execution_device
     if kind == 'text':
-        if x.ndim != 2 or x.is_floating_point(): raise ValueError(f'text input: CLIP token ids (B, L), got {x.dtype} {tuple(x.shape)}')
+        if isinstance(x, (str, list, tuple)): x = self.clip_ids(x)
+        if not isinstance(x, Tensor) or x.ndim != 2 or x.is_floating_point():
+            raise ValueError(f'text input: a caption, a list of captions or CLIP token ids (B, L), got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+        vocab = self.encoders.clip.config.text_config.vocab_size
+        outside = x[(x < 0) | (x >= vocab)]
+        if len(outside): raise ValueError(f"text input: token id {int(outside[0])} is outside this CLIP's vocabulary of {vocab} tokens")
         with self.running('clip') as clip:
             empty = torch.tensor(self.config.empty_text_ids, device=dev).expand(len(x), -1)
             return clip.encode_text(x.to(dev)), clip.encode_text(empty)
@@ -938,9 +1024,10 @@ def encode_prompt(self: OfficialCoDi, kind: str, x: Tensor) -> tuple[Tensor, Ten
     raise ValueError(f'unknown input kind {kind!r}; choose text, image, video or audio')
 
 @patch
-def prompt_vectors(self: OfficialCoDi, inputs: dict[str, Tensor], weights: dict | None = None) -> tuple[Tensor, Tensor]:
+def prompt_vectors(self: OfficialCoDi, inputs: dict, weights: dict | None = None) -> tuple[Tensor, Tensor]:
     "Weighted averages (weights default 1, normalised to sum 1) of the inputs' conditional and unconditional vectors, float32 (B, 1, 768)."
     if not inputs: raise ValueError('generate needs at least one input')
+    inputs = {k: self.clip_ids(x) if k == 'text' and isinstance(x, (str, list, tuple)) else x for k, x in inputs.items()}
     w = [float((weights or {}).get(k, 1.0)) for k in inputs]
     if any(v < 0 for v in w) or sum(w) <= 0: raise ValueError(f'weights must be non-negative with a positive sum, got {w}')
     if len({len(x) for x in inputs.values()}) != 1: raise ValueError(f'inputs differ in batch size: { {k: len(x) for k, x in inputs.items()} }')
@@ -951,7 +1038,7 @@ def prompt_vectors(self: OfficialCoDi, inputs: dict[str, Tensor], weights: dict 
 # %% ../nbs/18_official_codi.ipynb
 @patch
 @torch.no_grad()
-def sample_latents(self: OfficialCoDi, inputs: dict[str, Tensor], outputs: list[str], weights: dict | None = None,
+def sample_latents(self: OfficialCoDi, inputs: dict, outputs: list[str], weights: dict | None = None,
                    steps: int | None = None, guidance: float | None = None, sampler: str = 'ddim', seed: int = 0) -> dict[str, Tensor]:
     "Latents of every requested output: one output -> its UNet alone (env=None); several -> stepped together, each UNet reading its own environment token."
     c = self.config
@@ -983,7 +1070,7 @@ def sample_latents(self: OfficialCoDi, inputs: dict[str, Tensor], outputs: list[
 @patch
 @torch.no_grad()
 def decode(self: OfficialCoDi, kind: str, latents: Tensor, seed: int = 0):
-    "Decode diffusion latents: image (B, 3, H, W) / video (B, 3, F, H, W) in [0, 1], audio 16 kHz waves (B, samples), text GPT-2 ids."
+    "Decode diffusion latents: image (B, 3, H, W) / video (B, 3, F, H, W) in [0, 1], audio 16 kHz waves (B, samples), text captions (GPT-2 ids without a vocabulary)."
     c, dev = self.config, self.execution_device
     if kind in ('image', 'video'):
         with self.running('autokl') as vae: x = vae.decode((latents / c.scale_factors[kind]).to(dev, _dtype_of(vae)))
@@ -995,14 +1082,15 @@ def decode(self: OfficialCoDi, kind: str, latents: Tensor, seed: int = 0):
     if kind == 'text':
         with self.running('optimus') as optimus:
             g = torch.Generator(device=dev).manual_seed(seed)
-            return optimus.generate((latents / c.scale_factors[kind]).to(dev, _dtype_of(optimus)), c.max_text_tokens,
-                                    greedy=c.text_temperature is None, temperature=c.text_temperature or 1.0, generator=g)
+            ids = optimus.generate((latents / c.scale_factors[kind]).to(dev, _dtype_of(optimus)), c.max_text_tokens,
+                                   greedy=c.text_temperature is None, temperature=c.text_temperature or 1.0, generator=g)
+        return ids if self.gpt2_tokenizer is None else self.text_from_ids(ids)
     raise ValueError(f'unknown output kind {kind!r}')
 
 @patch
-def generate(self: OfficialCoDi, inputs: dict[str, Tensor], outputs: list[str], weights: dict | None = None, steps: int | None = None,
+def generate(self: OfficialCoDi, inputs: dict, outputs: list[str], weights: dict | None = None, steps: int | None = None,
              guidance: float | None = None, sampler: str = 'ddim', seed: int = 0) -> CoDiGeneration:
-    "Any-to-any generation (defaults: DDIM 50 steps, guidance 7.5): `sample_latents`, then `decode` each output."
+    "Any-to-any generation (inputs as `encode_prompt` takes them, e.g. {'text': 'a cat'}; DDIM 50 steps, guidance 7.5): `sample_latents`, then `decode`."
     latents = self.sample_latents(inputs, outputs, weights, steps, guidance, sampler, seed)
     return CoDiGeneration({k: self.decode(k, z, seed) for k, z in latents.items()}, latents)
 
