@@ -168,7 +168,7 @@ def generate_cli(argv=None) -> int:
     for m, what in (('image', 'a png'), ('audio', 'a wav (16 kHz; other rates are resampled)'), ('video', 'an mp4 or npy video')):
         parser.add_argument(f'--{m}', action='append', default=[], metavar='PATH', help=f'{what} (repeatable)')
     parser.add_argument('--weights', help='per-modality weights, e.g. text=1,audio=0.5 (default 1 each)')
-    parser.add_argument('--to', required=True, help=f'output modality: one of {", ".join(MODALITIES)}')
+    parser.add_argument('--to', required=True, help=f'output modality, or several separated by commas (generated together): {", ".join(MODALITIES)}')
     parser.add_argument('--n', type=int, default=1, help='number of samples (default 1)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     parser.add_argument('--steps', type=int, default=50, help='sampler steps (default 50)')
@@ -176,7 +176,9 @@ def generate_cli(argv=None) -> int:
     parser.add_argument('--guidance', type=float, default=3.0, help='classifier-free guidance scale (default 3)')
     parser.add_argument('--out', required=True, help='output directory (created if missing)')
     args = parser.parse_args(argv)
-    if args.to not in MODALITIES: parser.error(f'--to must be one of {", ".join(MODALITIES)}, got {args.to!r}')
+    outputs = [m.strip() for m in args.to.split(',')]
+    bad = [m for m in outputs if m not in MODALITIES]
+    if bad or len(set(outputs)) != len(outputs): parser.error(f'--to must be one or more distinct modalities from {", ".join(MODALITIES)} separated by commas, got {args.to!r}')
     if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
     if not 1 <= args.steps <= 1000: parser.error(f'--steps must be between 1 and 1000, got {args.steps}')
     if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
@@ -189,18 +191,24 @@ def generate_cli(argv=None) -> int:
             if getattr(args, m): inputs[m] = [read_input_file(m, p) for p in getattr(args, m)]
         input_weights(prompt_items(inputs), weights)                    # check the weights before loading models
     except (ValueError, FileNotFoundError) as e: parser.error(str(e))
-    start = time.time()
-    generator = ComposableGenerator.shipped()
-    print(f'generating {args.n} {args.to} sample(s) from {", ".join(f"{len(v)} {k}" for k, v in inputs.items())} '
-          f'({args.sampler}, {args.steps} steps, guidance {args.guidance})', file=sys.stderr)
-    samples = generator.generate(inputs, args.to, weights, args.n, args.steps, args.sampler, args.guidance, args.seed, progress=True)
+    start, name = time.time(), '_'.join(outputs)
+    print(f'generating {args.n} {"+".join(outputs)} sample(s) from {", ".join(f"{len(v)} {k}" for k, v in inputs.items())} '
+          f'({args.sampler}, {args.steps} steps, guidance {args.guidance}{", jointly" if len(outputs) > 1 else ""})', file=sys.stderr)
+    if len(outputs) == 1:
+        samples = {outputs[0]: ComposableGenerator.shipped().generate(inputs, outputs[0], weights, args.n, args.steps, args.sampler,
+                                                                      args.guidance, args.seed, progress=True)}
+    else:
+        from .joint_sampling import JointGenerator          # chapter 17; imported here because it builds on this module
+        samples = JointGenerator.shipped().generate_jointly(inputs, outputs, weights, args.n, args.steps, args.sampler, args.guidance,
+                                                            args.seed, progress=True)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    files = [str(p) for i, s in enumerate(samples) for p in write_output_file(args.to, s, out / f'{args.to}_{i:03d}')]
+    files = [str(p) for m in outputs for i, s in enumerate(samples[m]) for p in write_output_file(m, s, out / f'{m}_{i:03d}')]
+    if {'video', 'audio'} <= set(outputs):                  # the video with its own generated sound track
+        files += [str(write_mp4(out / f'video_audio_{i:03d}.mp4', v, FPS, a, scale=4)) for i, (v, a) in enumerate(zip(samples['video'], samples['audio']))]
     settings = dict(inputs={'text': args.text, 'image': args.image, 'audio': args.audio, 'video': args.video}, weights=weights or 'all 1',
-                    to=args.to, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                    outputs=files, seconds=round(time.time() - start, 2))
-    (out / f'{args.to}_settings.json').write_text(json.dumps(settings, indent=1))
-    if args.to == 'text':
-        for s in samples: print(s)
-    print(f'wrote {len(samples)} {args.to} sample(s) to {out}', file=sys.stderr)
+                    to=outputs, jointly=len(outputs) > 1, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                    guidance=args.guidance, outputs=files, seconds=round(time.time() - start, 2))
+    (out / f'{name}_settings.json').write_text(json.dumps(settings, indent=1))
+    for s in samples.get('text', []): print(s)
+    print(f'wrote {args.n} {"+".join(outputs)} sample(s) to {out}', file=sys.stderr)
     return 0
