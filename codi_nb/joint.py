@@ -22,24 +22,26 @@ from .prompt_encoders import PromptEncoders, toyworld_pairs
 from .toyworld import PAIR_KINDS, make_caption
 
 # %% auto 0
-__all__ = ['WIRINGS', 'TOYWORLD_JOINT_STAGES', 'TOYWORLD_JOINT_RECIPE', 'connector_sites', 'run_denoiser', 'JointConnector',
-           'JointConfig', 'JointLayers', 'JointDiffusion', 'set_trainable', 'train_joint_stage', 'pair_kind',
-           'toyworld_joint_data', 'toyworld_start_encoders', 'train_toyworld_joint']
+__all__ = ['WIRINGS', 'TOYWORLD_JOINT_STAGES', 'TOYWORLD_JOINT_RECIPE', 'TOYWORLD_CONNECTOR_LEVELS', 'connector_sites',
+           'run_denoiser', 'JointConnector', 'JointConfig', 'JointLayers', 'JointDiffusion', 'set_trainable',
+           'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders', 'train_toyworld_joint']
 
 # %% ../nbs/16_joint_training.ipynb
-def connector_sites(config: UNetConfig) -> dict[str, int]:
-    "Where a UNet gets connectors: {'input_i' | 'output_i': channels} for every block of a level with attention (none after the middle block, as the release)."
+def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> dict[str, int]:
+    "Where a UNet gets connectors: {'input_i' | 'output_i': channels} for every block of a level in `levels` (default: the levels with attention, as the release; none after the middle block)."
     c, sites, index = config, {}, 1
+    levels = c.attention_levels if levels is None else tuple(levels)
+    if not set(levels) <= set(range(len(c.channel_mult))): raise ValueError(f'levels must be among 0..{len(c.channel_mult) - 1}, got {levels}')
     last = len(c.channel_mult) - 1
     for level, mult in enumerate(c.channel_mult):
         for _ in range(c.num_res_blocks):
-            if level in c.attention_levels: sites[f'input_{index}'] = mult * c.model_channels
+            if level in levels: sites[f'input_{index}'] = mult * c.model_channels
             index += 1
         index += level != last                                        # the downsampling block
     index = 0
     for level, mult in reversed(list(enumerate(c.channel_mult))):
         for _ in range(c.num_res_blocks + 1):
-            if level in c.attention_levels: sites[f'output_{index}'] = mult * c.model_channels
+            if level in levels: sites[f'output_{index}'] = mult * c.model_channels
             index += 1
     return sites
 
@@ -127,6 +129,7 @@ class JointConfig:
     wiring: str = 'other'
     heads: int = 4
     time_dim: int = 32
+    connector_levels: dict = field(default_factory=dict)   # {modality: UNet levels with connectors}; default: its attention levels
 
     def __post_init__(self):
         if self.wiring not in WIRINGS: raise ValueError(f"wiring must be 'other' (the paper) or 'own' (the release), got {self.wiring!r}")
@@ -144,7 +147,8 @@ class JointLayers(nn.Module):
             unet = LatentDiffusionConfig(**mc).denoiser
             env_dim = self.encoders[m].config.env_dim
             self.connectors[m] = nn.ModuleDict({site: JointConnector(ch, env_dim, c.heads, c.time_dim, unet['norm_groups'])
-                                                for site, ch in connector_sites(UNetConfig(**{k: unet[k] for k in ('model_channels', 'channel_mult', 'num_res_blocks', 'attention_levels')})).items()})
+                                                for site, ch in connector_sites(UNetConfig(**{k: unet[k] for k in ('model_channels', 'channel_mult', 'num_res_blocks', 'attention_levels')}),
+                                                                                     c.connector_levels.get(m)).items()})
 
 def _plain(x): return json.loads(json.dumps(x))
 
@@ -153,13 +157,14 @@ class JointDiffusion(nn.Module):
     """Several frozen latent diffusion models stepped together: each UNet's connectors attend to the environment tokens of
     the other outputs being generated (wiring 'other', the paper), or to its own pooled token (wiring 'own', the release)."""
     def __init__(self, models: dict[str, LatentDiffusion], encoders: dict[str, EnvironmentEncoder], wiring: str = 'other',
-                 heads: int = 4, time_dim: int = 32, base_models: dict[str, str] | None = None):
+                 heads: int = 4, time_dim: int = 32, base_models: dict[str, str] | None = None, connector_levels: dict | None = None):
         super().__init__()
         for m, model in models.items():
             if model.config.modality != m: raise ValueError(f'the model given for {m!r} generates {model.config.modality!r}')
             if m not in encoders: raise ValueError(f'no environment encoder for {m!r}; give one per model')
         config = JointConfig({m: asdict(x.config) for m, x in models.items()}, {m: asdict(encoders[m].config) for m in models},
-                             dict(base_models or {m: f'{m}_ldm' for m in models}), wiring, heads, time_dim)
+                             dict(base_models or {m: f'{m}_ldm' for m in models}), wiring, heads, time_dim,
+                             {m: list(v) for m, v in (connector_levels or {}).items()})
         self.models = nn.ModuleDict(models).requires_grad_(False).eval()
         self.layers = JointLayers(config)
         for m in models: self.layers.encoders[m].load_state_dict(encoders[m].state_dict())
@@ -256,7 +261,7 @@ class JointDiffusion(nn.Module):
             if m not in models: raise ValueError(f'{path} joins a {m} model; give one in `models` (it was trained on {c.base_models[m]!r})')
             if _plain(asdict(models[m].config)) != _plain(mc):
                 raise ValueError(f'the {m} model given is not the one {path} was trained on ({c.base_models[m]!r}): configs differ')
-        joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim, c.base_models)
+        joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels)
         joint.layers.load_state_dict(layers.state_dict())
         return joint.eval()
 
@@ -372,10 +377,11 @@ def toyworld_joint_data(pair: Sequence[str], n: int, prompt_encoders: PromptEnco
 TOYWORLD_JOINT_STAGES = (
     dict(pair=('text', 'image'), train=('text', 'image')),                        # both sides learn
     dict(pair=('text', 'audio'), train=('audio',)),                               # text frozen
-    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',)),  # audio's encoder frozen, its connectors learn timing
+    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',), steps=3000),  # audio's encoder frozen, its connectors learn timing
 )
 
-TOYWORLD_JOINT_RECIPE = dict(n=4000, steps=2000, batch_size=16, lr=1e-3, alignment_weight=0.1)
+TOYWORLD_JOINT_RECIPE = dict(n=4000, steps=1500, batch_size=16, lr=1e-3, alignment_weight=0.1)   # steps: where the stage names none (a `steps=` override sets all)
+TOYWORLD_CONNECTOR_LEVELS = {'audio': (0, 1, 2)}     # the audio UNet gets connectors at every level, down to its 1/8 s rows
 
 def toyworld_start_encoders() -> dict[str, EnvironmentEncoder]:
     "The shipped environment encoders of chapter 15 (trained in the paper's order); fresh ones if none are shipped."
@@ -383,20 +389,22 @@ def toyworld_start_encoders() -> dict[str, EnvironmentEncoder]:
     return dict(load_shipped('environment_encoders').items())
 
 def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other', stages: Sequence[dict] = TOYWORLD_JOINT_STAGES,
-                         encoders: dict | None = None, log_every: int = 0, **overrides) -> tuple[JointDiffusion, list[dict]]:
+                         encoders: dict | None = None, connector_levels: dict | None = TOYWORLD_CONNECTOR_LEVELS, log_every: int = 0,
+                         **overrides) -> tuple[JointDiffusion, list[dict]]:
     "The book's joint model: the shipped LDMs and environment encoders, then `stages` in order with `TOYWORLD_JOINT_RECIPE` (any entry overridable); saved if `save_to` is given."
     recipe = {**TOYWORLD_JOINT_RECIPE, **overrides}
     start = time.process_time()
     models = {m: load_shipped(f'{m}_ldm') for m in MODALITIES}
-    joint = JointDiffusion(models, encoders or toyworld_start_encoders(), wiring)
+    torch.manual_seed(seed)                      # the connectors' initial weights
+    joint = JointDiffusion(models, encoders or toyworld_start_encoders(), wiring, connector_levels=connector_levels)
     prompt_encoders, codecs, histories = load_shipped('prompt_encoders'), ModalityCodecs.shipped(), []
     for i, stage in enumerate(stages):
         data = toyworld_joint_data(stage['pair'], recipe['n'], prompt_encoders, codecs, seed + i)
         torch.manual_seed(seed + i)
-        histories.append(train_joint_stage(joint, stage['pair'], data, recipe['steps'], set(stage['train']), set(stage.get('connectors_only', ())),
+        histories.append(train_joint_stage(joint, stage['pair'], data, overrides.get('steps', stage.get('steps', recipe['steps'])), set(stage['train']), set(stage.get('connectors_only', ())),
                                            recipe['batch_size'], recipe['lr'], recipe['alignment_weight'], seed + i, log_every))
     if save_to is not None:
-        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: list(v) for k, v in s.items()} for s in stages], seed=seed,
+        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: v if isinstance(v, int) else list(v) for k, v in s.items()} for s in stages], seed=seed,
                                        final_losses=[{k: float(np.mean(v[-100:])) for k, v in h.items() if isinstance(v, list)} for h in histories],
                                        seconds_per_step=[h['seconds_per_step'] for h in histories], cpu_seconds=round(time.process_time() - start)))
     return joint, histories
