@@ -238,9 +238,10 @@ class JointDiffusion(nn.Module):
             out[m] = run_denoiser(model.denoiser, x, timesteps, model.condition_tokens(conditions.get(m), len(x)), connect)
         return out
 
-    def predict_noise(self, latents: dict[str, Tensor], timesteps: Tensor, conditions: dict[str, Tensor | None] | None = None) -> dict[str, Tensor]:
-        "Predicted noise of every modality in `latents` {modality: (B, *latent_shape)} at shared integer timesteps (B,), each with its condition (None: unconditional)."
-        raw = self.raw_outputs(latents, timesteps, conditions)
+    def predict_noise(self, latents: dict[str, Tensor], timesteps: Tensor, conditions: dict[str, Tensor | None] | None = None,
+                      env: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        "Predicted noise of every modality in `latents` {modality: (B, *latent_shape)} at shared integer timesteps (B,), each with its condition (None: unconditional); `env` replaces the environment tokens computed from `latents`."
+        raw = self.raw_outputs(latents, timesteps, conditions, env)
         return {m: out if self.models[m].config.prediction == 'epsilon' else self.models[m].schedule.eps_from_velocity(latents[m], out, timesteps)
                 for m, out in raw.items()}
 

@@ -22,10 +22,13 @@ __all__ = ['sample_jointly', 'JointGenerator', 'parse_outputs', 'agreement', 'jo
 
 # %% ../nbs/17_joint_sampling.ipynb
 def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = 'ddim', steps: int = 50, guidance: float = 3.0,
-                   generator: torch.Generator | None = None, independent: bool = False, progress: bool = False) -> dict[str, Tensor]:
+                   generator: torch.Generator | None = None, independent: bool = False, progress: bool = False,
+                   lookahead: float | None = None) -> dict[str, Tensor]:
     """Latents of every output named in `conditions` {modality: prompt vectors (B, D)}, stepped together: at each timestep every
     model predicts its noise while its connectors see the other outputs' current latents. `independent` runs each model alone
-    from the same starting noise (the no-cross-attention baseline)."""
+    from the same starting noise (the no-cross-attention baseline). `lookahead` (in [0, 1]): the environment tokens are computed
+    instead from each output's predicted clean latent of the previous step, re-noised to timestep `lookahead`·t."""
+    if lookahead is not None and not 0 <= lookahead <= 1: raise ValueError(f'lookahead must be in [0, 1] (or None), got {lookahead}')
     if not conditions: raise ValueError('conditions must name at least one output: {modality: prompt vectors (B, D)}')
     unknown = set(conditions) - set(joint.models)
     if unknown: raise ValueError(f'no model for {sorted(unknown)}; this joint model generates {sorted(joint.models)}')
@@ -45,17 +48,25 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
     if progress:
         from tqdm.auto import tqdm
         timesteps = tqdm(timesteps, desc=f'joint {"+".join(outputs)}')
+    clean = None                                                          # predicted clean latents of the previous step
     for t in timesteps:
         tb = torch.full((b,), int(t), dtype=torch.long, device=device)
         groups = [{m: x[m]} for m in outputs] if independent else [x]       # alone, each model runs its plain path
         eps = {}
         for group in groups:
             with torch.no_grad():
-                if guidance == 1.0: eps |= joint.predict_noise(group, tb, {m: conds[m] for m in group})
+                env = None
+                if lookahead is not None and clean is not None and len(group) > 1:
+                    ahead = torch.full((b,), int(int(t) * lookahead), dtype=torch.long, device=device)
+                    env = {m: joint.encoders[m](models[m].schedule.add_noise(clean[m], torch.randn(clean[m].shape, generator=generator).to(device), ahead), ahead)
+                           for m in group}
+                if guidance == 1.0: eps |= joint.predict_noise(group, tb, {m: conds[m] for m in group}, env)
                 else:
                     both = joint.predict_noise({m: torch.cat([z, z]) for m, z in group.items()}, torch.cat([tb, tb]),
-                                               {m: torch.cat([torch.zeros_like(conds[m]), conds[m]]) for m in group})
+                                               {m: torch.cat([torch.zeros_like(conds[m]), conds[m]]) for m in group},
+                                               None if env is None else {m: torch.cat([e, e]) for m, e in env.items()})
                     eps |= {m: classifier_free_guidance(*e.chunk(2), scale=guidance) for m, e in both.items()}
+        if lookahead is not None: clean = {m: models[m].schedule.predict_x0(x[m], eps[m], int(t)) for m in outputs}
         x = {m: samplers[m].step(eps[m], t, x[m]) for m in outputs}
     return x
 
@@ -73,7 +84,7 @@ class JointGenerator(ComposableGenerator):
 
     def generate_jointly(self, inputs: dict, outputs: Sequence[str], weights: dict | None = None, n: int = 1, steps: int = 50,
                          sampler: str = 'ddim', guidance: float = 3.0, seed: int = 0, normalize: bool = True,
-                         independent: bool = False, progress: bool = False) -> dict[str, list]:
+                         independent: bool = False, progress: bool = False, lookahead: float | None = None) -> dict[str, list]:
         "`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of `inputs`; {modality: samples}."
         outputs = parse_outputs(outputs)
         if n < 1: raise ValueError(f'n must be at least 1, got {n}')
@@ -82,7 +93,7 @@ class JointGenerator(ComposableGenerator):
         if missing: raise ValueError(f'no model for {missing}; this generator has {sorted(self.models)}')
         cond = self.condition(inputs, weights, normalize)[None].expand(n, -1)
         latents = sample_jointly(self.joint, {m: cond for m in outputs}, sampler, steps, guidance,
-                                 torch.Generator().manual_seed(seed), independent, progress)
+                                 torch.Generator().manual_seed(seed), independent, progress, lookahead)
         return {m: list(self.codecs.decode(m, latents[m])) for m in outputs}
 
 def parse_outputs(outputs) -> list[str]:
@@ -100,7 +111,8 @@ def agreement(a: dict, b: dict, factors=('shape', 'color', 'size')) -> bool:
     return all(a.get(k) is not None and a.get(k) == b.get(k) for k in factors)
 
 def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, outputs: Sequence[str], sampler: str = 'ddim',
-                    steps: int = 50, guidance: float = 3.0, seed: int = 0, independent: bool = False, batch_size: int = 32) -> dict:
+                    steps: int = 50, guidance: float = 3.0, seed: int = 0, independent: bool = False, batch_size: int = 32,
+                    lookahead: float | None = None) -> dict:
     """Generate `outputs` together for each caption and score them with the oracle: per output, the fraction with every factor the
     caption carries right ('video' includes direction); 'all': every output right; 'sync' (video with audio): mean sync score;
     'cross' (image with audio): the image's shape, color and size agree with the sound's; seconds per sample."""
@@ -109,7 +121,8 @@ def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, 
     samples, start = {m: [] for m in outputs}, time.time()
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(conds), batch_size):
-        latents = sample_jointly(generator.joint, {m: conds[i:i + batch_size] for m in outputs}, sampler, steps, guidance, g, independent)
+        latents = sample_jointly(generator.joint, {m: conds[i:i + batch_size] for m in outputs}, sampler, steps, guidance, g, independent,
+                                 lookahead=lookahead)
         for m in outputs: samples[m] += list(generator.codecs.decode(m, latents[m]))
     seconds = (time.time() - start) / len(conds)
     readings = {m: read_factors(m, samples[m]) for m in outputs}
