@@ -17,7 +17,7 @@ from .prompt_encoders import PromptEncoders
 
 # %% auto 0
 __all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'prompt_items', 'input_weights', 'ComposableGenerator', 'generate', 'read_input_file',
-           'write_output_file', 'parse_weights', 'generate_cli']
+           'write_output_file', 'parse_outputs', 'parse_weights', 'generate_cli']
 
 # %% ../nbs/14_composable_conditioning.ipynb
 def prompt_items(inputs: dict) -> list[tuple[str, object]]:
@@ -149,6 +149,15 @@ def write_output_file(modality: str, sample, stem) -> list[Path]:
         path = stem.with_suffix('.txt'); path.write_text(sample + '\n'); return [path]
     raise ValueError(f'unknown output modality {modality!r}')
 
+def parse_outputs(outputs) -> list[str]:
+    "'video,audio' or ['video', 'audio'] → a checked list of distinct output modalities."
+    names = [s.strip() for s in outputs.split(',')] if isinstance(outputs, str) else list(outputs)
+    if not names or not all(names): raise ValueError(f'name at least one output modality from {MODALITIES}, e.g. "video,audio"')
+    bad = [m for m in names if m not in MODALITIES]
+    if bad: raise ValueError(f'unknown output modality {bad[0]!r}; use any of {MODALITIES}, e.g. "video,audio"')
+    if len(set(names)) != len(names): raise ValueError(f'an output is named twice in {names}')
+    return names
+
 def parse_weights(text: str | None) -> dict[str, float]:
     "'text=1,audio=0.5' → {'text': 1.0, 'audio': 0.5}."
     if not text: return {}
@@ -176,9 +185,8 @@ def generate_cli(argv=None) -> int:
     parser.add_argument('--guidance', type=float, default=3.0, help='classifier-free guidance scale (default 3)')
     parser.add_argument('--out', required=True, help='output directory (created if missing)')
     args = parser.parse_args(argv)
-    outputs = [m.strip() for m in args.to.split(',')]
-    bad = [m for m in outputs if m not in MODALITIES]
-    if bad or len(set(outputs)) != len(outputs): parser.error(f'--to must be one or more distinct modalities from {", ".join(MODALITIES)} separated by commas, got {args.to!r}')
+    try: outputs = parse_outputs(args.to)
+    except ValueError as e: parser.error(f'--to: {e}')
     if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
     if not 1 <= args.steps <= 1000: parser.error(f'--steps must be between 1 and 1000, got {args.steps}')
     if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')

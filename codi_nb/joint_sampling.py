@@ -13,12 +13,12 @@ from .checkpoint import load_shipped
 from .latent_diffusion import ModalityCodecs, MODALITIES, SAMPLERS, make_sampler, read_factors, strict_coherence
 from .samplers import classifier_free_guidance
 from .prompt_encoders import PromptEncoders
-from .composable import ComposableGenerator
+from .composable import ComposableGenerator, parse_outputs
 from .joint import JointDiffusion
 from .toyworld import sync_score
 
 # %% auto 0
-__all__ = ['sample_jointly', 'JointGenerator', 'parse_outputs', 'agreement', 'joint_coherence']
+__all__ = ['sample_jointly', 'JointGenerator', 'agreement', 'joint_coherence']
 
 # %% ../nbs/17_joint_sampling.ipynb
 def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = 'ddim', steps: int = 50, guidance: float = 3.0,
@@ -95,15 +95,6 @@ class JointGenerator(ComposableGenerator):
         latents = sample_jointly(self.joint, {m: cond for m in outputs}, sampler, steps, guidance,
                                  torch.Generator().manual_seed(seed), independent, progress, lookahead)
         return {m: list(self.codecs.decode(m, latents[m])) for m in outputs}
-
-def parse_outputs(outputs) -> list[str]:
-    "'video,audio' or ['video', 'audio'] → a checked list of distinct output modalities."
-    names = [s.strip() for s in outputs.split(',')] if isinstance(outputs, str) else list(outputs)
-    if not names or not all(names): raise ValueError(f'name at least one output modality from {MODALITIES}, e.g. "video,audio"')
-    bad = [m for m in names if m not in MODALITIES]
-    if bad: raise ValueError(f'unknown output modality {bad[0]!r}; use any of {MODALITIES}, e.g. "video,audio"')
-    if len(set(names)) != len(names): raise ValueError(f'an output is named twice in {names}')
-    return names
 
 # %% ../nbs/17_joint_sampling.ipynb
 def agreement(a: dict, b: dict, factors=('shape', 'color', 'size')) -> bool:
