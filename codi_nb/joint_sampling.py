@@ -15,10 +15,10 @@ from .samplers import classifier_free_guidance
 from .prompt_encoders import PromptEncoders
 from .composable import ComposableGenerator, parse_outputs
 from .joint import JointDiffusion
-from .toyworld import sync_score
+from .toyworld import sync_score, coherence          # coherence: chapter 04's agreement of two oracle readings
 
 # %% auto 0
-__all__ = ['sample_jointly', 'JointGenerator', 'agreement', 'joint_coherence']
+__all__ = ['sample_jointly', 'JointGenerator', 'joint_coherence']
 
 # %% ../nbs/17_joint_sampling.ipynb
 def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = 'ddim', steps: int = 50, guidance: float = 3.0,
@@ -97,10 +97,6 @@ class JointGenerator(ComposableGenerator):
         return {m: list(self.codecs.decode(m, latents[m])) for m in outputs}
 
 # %% ../nbs/17_joint_sampling.ipynb
-def agreement(a: dict, b: dict, factors=('shape', 'color', 'size')) -> bool:
-    "Two oracle readings agree: every factor in `factors` is read in both, and read the same."
-    return all(a.get(k) is not None and a.get(k) == b.get(k) for k in factors)
-
 def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, outputs: Sequence[str], sampler: str = 'ddim',
                     steps: int = 50, guidance: float = 3.0, seed: int = 0, independent: bool = False, batch_size: int = 32,
                     lookahead: float | None = None) -> dict:
@@ -125,5 +121,5 @@ def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, 
     if {'video', 'audio'} <= set(outputs):
         out['sync'] = float(np.mean([sync_score(v, a) for v, a in zip(samples['video'], samples['audio'])]))
     if {'image', 'audio'} <= set(outputs):
-        out['cross'] = float(np.mean([agreement(i, a) for i, a in zip(readings['image'], readings['audio'])]))
+        out['cross'] = float(np.mean([coherence(i, a) for i, a in zip(readings['image'], readings['audio'])]))
     return out | {'seconds_per_sample': seconds, 'samples': samples}
