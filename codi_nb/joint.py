@@ -273,11 +273,13 @@ class JointDiffusion(nn.Module):
 
     # --- training
     def loss_parts(self, latents: dict[str, Tensor], conditions: dict[str, Tensor], trainable: set[str],
-                   alignment_weight: float = 0.1, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                   alignment_weight: float = 0.1, generator: torch.Generator | None = None, lookahead: float | None = None) -> dict[str, Tensor]:
         """Denoising loss of every modality (one shared timestep per example, each model's own target; conditions dropped to
         zero together, at each model's condition_dropout rate) and the alignment loss between the pair's pooled environment
-        vectors; frozen modalities' vectors are detached."""
+        vectors; frozen modalities' vectors are detached. `lookahead` (in [0, 1]): the connectors read tokens of the partners'
+        clean latents noised (afresh) to timestep lookahead·t, as `sample_jointly(lookahead=...)` gives them (chapter 17)."""
         if not set(trainable) <= set(latents): raise ValueError(f'trainable {sorted(trainable)} must be among the modalities given, {sorted(latents)}')
+        if lookahead is not None and not 0 <= lookahead <= 1: raise ValueError(f'lookahead must be in [0, 1] (or None), got {lookahead}')
         b = len(next(iter(latents.values()))); device = next(iter(latents.values())).device
         t = torch.randint(0, min(self.models[m].config.num_train_steps for m in latents), (b,), generator=generator).to(device)
         drop = torch.rand(b, generator=generator).to(device)
@@ -291,7 +293,12 @@ class JointDiffusion(nn.Module):
             cond = model.condition_tokens(conditions.get(m), b)
             conds[m] = cond.masked_fill((drop < model.config.condition_dropout)[:, None, None], 0.0)
         env = self.environment(noisy, t)
-        raw = self.raw_outputs(noisy, t, conds, env)
+        read = env
+        if lookahead is not None:
+            ahead = (t * lookahead).long()
+            read = self.environment({m: self.models[m].schedule.add_noise(z.contiguous(), torch.randn(z.shape, generator=generator).to(device), ahead)
+                                     for m, z in latents.items()}, ahead)
+        raw = self.raw_outputs(noisy, t, conds, read)
         parts = {m: F.mse_loss(raw[m], targets[m]) for m in latents}
         if len(latents) == 2 and alignment_weight:
             pooled = [F.normalize(env[m].mean(1), dim=-1) if m in trainable else F.normalize(env[m].mean(1), dim=-1).detach() for m in latents]
@@ -299,9 +306,9 @@ class JointDiffusion(nn.Module):
         return parts
 
     def loss(self, latents: dict[str, Tensor], conditions: dict[str, Tensor], trainable: set[str], alignment_weight: float = 0.1,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, lookahead: float | None = None) -> Tensor:
         "The sum of `loss_parts`: the pair's denoising losses plus the weighted alignment loss."
-        return sum(self.loss_parts(latents, conditions, trainable, alignment_weight, generator).values())
+        return sum(self.loss_parts(latents, conditions, trainable, alignment_weight, generator, lookahead).values())
 
 # %% ../nbs/16_joint_training.ipynb
 def set_trainable(joint: JointDiffusion, train: set[str], connectors_only: set[str] = frozenset()) -> list[nn.Parameter]:
@@ -315,9 +322,9 @@ def set_trainable(joint: JointDiffusion, train: set[str], connectors_only: set[s
 
 def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, steps: int, train: set[str],
                       connectors_only: set[str] = frozenset(), batch_size: int = 16, lr: float = 1e-3, alignment_weight: float = 0.1,
-                      seed: int = 0, log_every: int = 0) -> dict[str, list[float]]:
+                      seed: int = 0, log_every: int = 0, lookahead: float | None = None) -> dict[str, list[float]]:
     """One stage of the paper's order: train the connectors and environment encoders of `train` on `pair` examples, the rest
-    frozen. `data`: {'latents': {m: (N, ...)}, 'conditions': {m: (N, S, D)}, 'mix': (S,)}: each step draws one of the S condition
+    frozen (`lookahead`: see `JointDiffusion.loss_parts`). `data`: {'latents': {m: (N, ...)}, 'conditions': {m: (N, S, D)}, 'mix': (S,)}: each step draws one of the S condition
     sources per example (the same for both sides). Returns the loss per step, in total and per part, and seconds per step."""
     pair = tuple(pair)
     if len(pair) != 2 or not set(pair) <= set(data['latents']): raise ValueError(f"pair must name two modalities of data['latents'] ({sorted(data['latents'])}), got {pair}")
@@ -334,7 +341,7 @@ def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, 
         source = torch.multinomial(mix, batch_size, replacement=True, generator=generator)
         latents = {m: data['latents'][m][index] for m in pair}
         conditions = {m: data['conditions'][m][index, source] for m in pair}
-        parts = joint.loss_parts(latents, conditions, set(train), alignment_weight, generator)
+        parts = joint.loss_parts(latents, conditions, set(train), alignment_weight, generator, lookahead)
         loss = sum(parts.values())
         optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
         history['loss'].append(loss.item())
@@ -403,9 +410,9 @@ def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other', sta
         data = toyworld_joint_data(stage['pair'], recipe['n'], prompt_encoders, codecs, seed + i)
         torch.manual_seed(seed + i)
         histories.append(train_joint_stage(joint, stage['pair'], data, overrides.get('steps', stage.get('steps', recipe['steps'])), set(stage['train']), set(stage.get('connectors_only', ())),
-                                           recipe['batch_size'], recipe['lr'], recipe['alignment_weight'], seed + i, log_every))
+                                           recipe['batch_size'], recipe['lr'], recipe['alignment_weight'], seed + i, log_every, stage.get('lookahead')))
     if save_to is not None:
-        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: v if isinstance(v, int) else list(v) for k, v in s.items()} for s in stages], seed=seed,
+        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: v if isinstance(v, (int, float)) else list(v) for k, v in s.items()} for s in stages], seed=seed,
                                        final_losses=[{k: float(np.mean(v[-100:])) for k, v in h.items() if isinstance(v, list)} for h in histories],
                                        seconds_per_step=[h['seconds_per_step'] for h in histories], cpu_seconds=round(time.process_time() - start)))
     return joint, histories
