@@ -202,19 +202,22 @@ def generate_cli(argv=None) -> int:
     start, name = time.time(), '_'.join(outputs)
     print(f'generating {args.n} {"+".join(outputs)} sample(s) from {", ".join(f"{len(v)} {k}" for k, v in inputs.items())} '
           f'({args.sampler}, {args.steps} steps, guidance {args.guidance}{", jointly" if len(outputs) > 1 else ""})', file=sys.stderr)
+    lookahead = None
     if len(outputs) == 1:
         samples = {outputs[0]: ComposableGenerator.shipped().generate(inputs, outputs[0], weights, args.n, args.steps, args.sampler,
                                                                       args.guidance, args.seed, progress=True)}
     else:
         from .joint_sampling import JointGenerator          # chapter 17; imported here because it builds on this module
-        samples = JointGenerator.shipped().generate_jointly(inputs, outputs, weights, args.n, args.steps, args.sampler, args.guidance,
-                                                            args.seed, progress=True)
+        joint_generator = JointGenerator.shipped()
+        samples = joint_generator.generate_jointly(inputs, outputs, weights, args.n, args.steps, args.sampler, args.guidance,
+                                                   args.seed, progress=True)
+        lookahead = joint_generator.joint.config.sampling_lookahead   # the joint sampler's default: what the connectors were trained for
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     files = [str(p) for m in outputs for i, s in enumerate(samples[m]) for p in write_output_file(m, s, out / f'{m}_{i:03d}')]
     if {'video', 'audio'} <= set(outputs):                  # the video with its own generated sound track
         files += [str(write_mp4(out / f'video_audio_{i:03d}.mp4', v, FPS, a, scale=4)) for i, (v, a) in enumerate(zip(samples['video'], samples['audio']))]
     settings = dict(inputs={'text': args.text, 'image': args.image, 'audio': args.audio, 'video': args.video}, weights=weights or 'all 1',
-                    to=outputs, jointly=len(outputs) > 1, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                    to=outputs, jointly=len(outputs) > 1, lookahead=lookahead, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
                     guidance=args.guidance, outputs=files, seconds=round(time.time() - start, 2))
     (out / f'{name}_settings.json').write_text(json.dumps(settings, indent=1))
     for s in samples.get('text', []): print(s)

@@ -130,9 +130,12 @@ class JointConfig:
     heads: int = 4
     time_dim: int = 32
     connector_levels: dict = field(default_factory=dict)   # {modality: UNet levels with connectors}; default: its attention levels
+    sampling_lookahead: float | None = None                 # the look-ahead its connectors were trained for: the joint sampler's default (chapter 17)
 
     def __post_init__(self):
         if self.wiring not in WIRINGS: raise ValueError(f"wiring must be 'other' (the paper) or 'own' (the release), got {self.wiring!r}")
+        if self.sampling_lookahead is not None and not 0 <= self.sampling_lookahead <= 1:
+            raise ValueError(f'sampling_lookahead must be in [0, 1] (or None), got {self.sampling_lookahead}')
         if set(self.model_configs) != set(self.encoder_configs):
             raise ValueError(f'every model needs an environment encoder: models {sorted(self.model_configs)}, encoders {sorted(self.encoder_configs)}')
 
@@ -157,14 +160,15 @@ class JointDiffusion(nn.Module):
     """Several frozen latent diffusion models stepped together: each UNet's connectors attend to the environment tokens of
     the other outputs being generated (wiring 'other', the paper), or to its own pooled token (wiring 'own', the release)."""
     def __init__(self, models: dict[str, LatentDiffusion], encoders: dict[str, EnvironmentEncoder], wiring: str = 'other',
-                 heads: int = 4, time_dim: int = 32, base_models: dict[str, str] | None = None, connector_levels: dict | None = None):
+                 heads: int = 4, time_dim: int = 32, base_models: dict[str, str] | None = None, connector_levels: dict | None = None,
+                 sampling_lookahead: float | None = None):
         super().__init__()
         for m, model in models.items():
             if model.config.modality != m: raise ValueError(f'the model given for {m!r} generates {model.config.modality!r}')
             if m not in encoders: raise ValueError(f'no environment encoder for {m!r}; give one per model')
         config = JointConfig({m: asdict(x.config) for m, x in models.items()}, {m: asdict(encoders[m].config) for m in models},
                              dict(base_models or {m: f'{m}_ldm' for m in models}), wiring, heads, time_dim,
-                             {m: list(v) for m, v in (connector_levels or {}).items()})
+                             {m: list(v) for m, v in (connector_levels or {}).items()}, sampling_lookahead)
         self.models = nn.ModuleDict(models).requires_grad_(False).eval()
         self.layers = JointLayers(config)
         for m in models: self.layers.encoders[m].load_state_dict(encoders[m].state_dict())
@@ -262,7 +266,8 @@ class JointDiffusion(nn.Module):
             if m not in models: raise ValueError(f'{path} joins a {m} model; give one in `models` (it was trained on {c.base_models[m]!r})')
             if _plain(asdict(models[m].config)) != _plain(mc):
                 raise ValueError(f'the {m} model given is not the one {path} was trained on ({c.base_models[m]!r}): configs differ')
-        joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels)
+        joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels,
+                    c.sampling_lookahead)
         joint.layers.load_state_dict(layers.state_dict())
         return joint.eval()
 
@@ -385,7 +390,7 @@ def toyworld_joint_data(pair: Sequence[str], n: int, prompt_encoders: PromptEnco
 TOYWORLD_JOINT_STAGES = (
     dict(pair=('text', 'image'), train=('text', 'image')),                        # both sides learn
     dict(pair=('text', 'audio'), train=('audio',)),                               # text frozen
-    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',), steps=3000),  # audio's encoder frozen, its connectors learn timing
+    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',), steps=3000, lookahead=0.5),  # audio's encoder frozen, its connectors learn timing, reading the video half-way ahead
 )
 
 TOYWORLD_JOINT_RECIPE = dict(n=4000, steps=1500, batch_size=16, lr=1e-3, alignment_weight=0.1)   # steps: where the stage names none (a `steps=` override sets all)
@@ -404,7 +409,9 @@ def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other', sta
     start = time.process_time()
     models = {m: load_shipped(f'{m}_ldm') for m in MODALITIES}
     torch.manual_seed(seed)                      # the connectors' initial weights
-    joint = JointDiffusion(models, encoders or toyworld_start_encoders(), wiring, connector_levels=connector_levels)
+    lookaheads = [s['lookahead'] for s in stages if s.get('lookahead') is not None]
+    joint = JointDiffusion(models, encoders or toyworld_start_encoders(), wiring, connector_levels=connector_levels,
+                           sampling_lookahead=lookaheads[-1] if lookaheads else None)   # sample the way the last look-ahead stage trained
     prompt_encoders, codecs, histories = load_shipped('prompt_encoders'), ModalityCodecs.shipped(), []
     for i, stage in enumerate(stages):
         data = toyworld_joint_data(stage['pair'], recipe['n'], prompt_encoders, codecs, seed + i)

@@ -23,11 +23,13 @@ __all__ = ['sample_jointly', 'JointGenerator', 'joint_coherence']
 # %% ../nbs/17_joint_sampling.ipynb
 def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = 'ddim', steps: int = 50, guidance: float = 3.0,
                    generator: torch.Generator | None = None, independent: bool = False, progress: bool = False,
-                   lookahead: float | None = None) -> dict[str, Tensor]:
+                   lookahead: float | None | str = 'trained') -> dict[str, Tensor]:
     """Latents of every output named in `conditions` {modality: prompt vectors (B, D)}, stepped together: at each timestep every
     model predicts its noise while its connectors see the other outputs' current latents. `independent` runs each model alone
     from the same starting noise (the no-cross-attention baseline). `lookahead` (in [0, 1]): the environment tokens are computed
-    instead from each output's predicted clean latent of the previous step, re-noised to timestep `lookahead`·t."""
+    instead from each output's predicted clean latent of the previous step, re-noised to timestep `lookahead`·t;
+    None: off (the paper's sampler); 'trained': the look-ahead the joint model's connectors were trained for (`joint.config.sampling_lookahead`)."""
+    if lookahead == 'trained': lookahead = joint.config.sampling_lookahead
     if lookahead is not None and not 0 <= lookahead <= 1: raise ValueError(f'lookahead must be in [0, 1] (or None), got {lookahead}')
     if not conditions: raise ValueError('conditions must name at least one output: {modality: prompt vectors (B, D)}')
     unknown = set(conditions) - set(joint.models)
@@ -84,7 +86,7 @@ class JointGenerator(ComposableGenerator):
 
     def generate_jointly(self, inputs: dict, outputs: Sequence[str], weights: dict | None = None, n: int = 1, steps: int = 50,
                          sampler: str = 'ddim', guidance: float = 3.0, seed: int = 0, normalize: bool = True,
-                         independent: bool = False, progress: bool = False, lookahead: float | None = None) -> dict[str, list]:
+                         independent: bool = False, progress: bool = False, lookahead: float | None | str = 'trained') -> dict[str, list]:
         "`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of `inputs`; {modality: samples}."
         outputs = parse_outputs(outputs)
         if n < 1: raise ValueError(f'n must be at least 1, got {n}')
@@ -99,7 +101,7 @@ class JointGenerator(ComposableGenerator):
 # %% ../nbs/17_joint_sampling.ipynb
 def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, outputs: Sequence[str], sampler: str = 'ddim',
                     steps: int = 50, guidance: float = 3.0, seed: int = 0, independent: bool = False, batch_size: int = 32,
-                    lookahead: float | None = None) -> dict:
+                    lookahead: float | None | str = 'trained') -> dict:
     """Generate `outputs` together for each caption and score them with the oracle: per output, the fraction with every factor the
     caption carries right ('video' includes direction); 'all': every output right; 'sync' (video with audio): mean sync score;
     'cross' (image with audio): the image's shape, color and size agree with the sound's; seconds per sample."""
