@@ -23,8 +23,9 @@ from .toyworld import PAIR_KINDS, make_caption
 
 # %% auto 0
 __all__ = ['WIRINGS', 'TOYWORLD_JOINT_STAGES', 'TOYWORLD_JOINT_RECIPE', 'TOYWORLD_CONNECTOR_LEVELS', 'connector_sites',
-           'run_denoiser', 'JointConnector', 'JointConfig', 'JointLayers', 'JointDiffusion', 'set_trainable',
-           'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders', 'train_toyworld_joint']
+           'run_denoiser', 'JointConnector', 'check_lookahead', 'JointConfig', 'JointLayers', 'JointDiffusion',
+           'set_trainable', 'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders',
+           'train_toyworld_joint']
 
 # %% ../nbs/16_joint_training.ipynb
 def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> dict[str, int]:
@@ -120,6 +121,10 @@ class JointConnector(nn.Module):
 # %% ../nbs/16_joint_training.ipynb
 WIRINGS = ('other', 'own')
 
+def check_lookahead(value: float | None, name: str = 'lookahead'):
+    "A look-ahead is None (off) or a fraction of the current timestep in [0, 1]."
+    if value is not None and not 0 <= value <= 1: raise ValueError(f'{name} must be in [0, 1] (or None), got {value}')
+
 @dataclass
 class JointConfig:
     "The joint model's own parts: which base LDMs it joins (shipped names and their configs), the environment encoders' configs, the wiring and connector sizes."
@@ -134,8 +139,7 @@ class JointConfig:
 
     def __post_init__(self):
         if self.wiring not in WIRINGS: raise ValueError(f"wiring must be 'other' (the paper) or 'own' (the release), got {self.wiring!r}")
-        if self.sampling_lookahead is not None and not 0 <= self.sampling_lookahead <= 1:
-            raise ValueError(f'sampling_lookahead must be in [0, 1] (or None), got {self.sampling_lookahead}')
+        check_lookahead(self.sampling_lookahead, 'sampling_lookahead')
         if set(self.model_configs) != set(self.encoder_configs):
             raise ValueError(f'every model needs an environment encoder: models {sorted(self.model_configs)}, encoders {sorted(self.encoder_configs)}')
 
@@ -284,7 +288,7 @@ class JointDiffusion(nn.Module):
         vectors; frozen modalities' vectors are detached. `lookahead` (in [0, 1]): the connectors read tokens of the partners'
         clean latents noised (afresh) to timestep lookahead·t, as `sample_jointly(lookahead=...)` gives them (chapter 17)."""
         if not set(trainable) <= set(latents): raise ValueError(f'trainable {sorted(trainable)} must be among the modalities given, {sorted(latents)}')
-        if lookahead is not None and not 0 <= lookahead <= 1: raise ValueError(f'lookahead must be in [0, 1] (or None), got {lookahead}')
+        check_lookahead(lookahead)
         b = len(next(iter(latents.values()))); device = next(iter(latents.values())).device
         t = torch.randint(0, min(self.models[m].config.num_train_steps for m in latents), (b,), generator=generator).to(device)
         drop = torch.rand(b, generator=generator).to(device)

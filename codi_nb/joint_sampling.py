@@ -14,7 +14,7 @@ from .latent_diffusion import ModalityCodecs, MODALITIES, SAMPLERS, make_sampler
 from .samplers import classifier_free_guidance
 from .prompt_encoders import PromptEncoders
 from .composable import ComposableGenerator, parse_outputs
-from .joint import JointDiffusion
+from .joint import JointDiffusion, check_lookahead
 from .toyworld import sync_score, coherence          # coherence: chapter 04's agreement of two oracle readings
 
 # %% auto 0
@@ -30,7 +30,7 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
     instead from each output's predicted clean latent of the previous step, re-noised to timestep `lookahead`·t;
     None: off (the paper's sampler); 'trained': the look-ahead the joint model's connectors were trained for (`joint.config.sampling_lookahead`)."""
     if lookahead == 'trained': lookahead = joint.config.sampling_lookahead
-    if lookahead is not None and not 0 <= lookahead <= 1: raise ValueError(f'lookahead must be in [0, 1] (or None), got {lookahead}')
+    check_lookahead(lookahead)
     if not conditions: raise ValueError('conditions must name at least one output: {modality: prompt vectors (B, D)}')
     unknown = set(conditions) - set(joint.models)
     if unknown: raise ValueError(f'no model for {sorted(unknown)}; this joint model generates {sorted(joint.models)}')
