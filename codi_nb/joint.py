@@ -205,6 +205,11 @@ class JointDiffusion(nn.Module):
         "Each modality's environment tokens (B, L, env_dim) from its current noisy latents."
         return {m: self.encoders[m](x, timesteps) for m, x in latents.items()}
 
+    def noised_environment(self, clean: dict[str, Tensor], timesteps: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        "Environment tokens of clean latents noised afresh to `timesteps`: the partners as a look-ahead shows them."
+        return self.environment({m: self.models[m].schedule.add_noise(z.contiguous(), torch.randn(z.shape, generator=generator).to(z.device), timesteps)
+                                 for m, z in clean.items()}, timesteps)
+
     def token_times(self, modality: str, length: int) -> Tensor:
         "(length,) seconds of a modality's tokens; NaN where they are timeless."
         times = self.encoders[modality].token_times()
@@ -304,9 +309,7 @@ class JointDiffusion(nn.Module):
         env = self.environment(noisy, t)
         read = env
         if lookahead is not None:
-            ahead = (t * lookahead).long()
-            read = self.environment({m: self.models[m].schedule.add_noise(z.contiguous(), torch.randn(z.shape, generator=generator).to(device), ahead)
-                                     for m, z in latents.items()}, ahead)
+            read = self.noised_environment(latents, (t * lookahead).long(), generator)
         raw = self.raw_outputs(noisy, t, conds, read)
         parts = {m: F.mse_loss(raw[m], targets[m]) for m in latents}
         if len(latents) == 2 and alignment_weight:

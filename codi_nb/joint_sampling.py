@@ -60,8 +60,7 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
                 env = None
                 if lookahead is not None and clean is not None and len(group) > 1:
                     ahead = torch.full((b,), int(int(t) * lookahead), dtype=torch.long, device=device)
-                    env = {m: joint.encoders[m](models[m].schedule.add_noise(clean[m], torch.randn(clean[m].shape, generator=generator).to(device), ahead), ahead)
-                           for m in group}
+                    env = joint.noised_environment({m: clean[m] for m in group}, ahead, generator)
                 if guidance == 1.0: eps |= joint.predict_noise(group, tb, {m: conds[m] for m in group}, env)
                 else:
                     both = joint.predict_noise({m: torch.cat([z, z]) for m, z in group.items()}, torch.cat([tb, tb]),
