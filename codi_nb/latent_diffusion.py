@@ -5,7 +5,7 @@
 # %% ../nbs/10_image_ldm.ipynb 2
 from __future__ import annotations
 import copy, importlib, math, time, typing
-from dataclasses import dataclass, field, asdict, is_dataclass
+from dataclasses import dataclass, field, asdict, is_dataclass, replace
 from typing import Sequence
 import numpy as np
 import torch
@@ -55,10 +55,12 @@ class LatentDiffusionConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prediction: str = 'epsilon'                      # what the denoiser outputs: 'epsilon' (noise, as CoDi) or 'v' (velocity)
+    timestep_density: str = 'uniform'                # how training draws t: 'uniform' (as CoDi) or 'linear' (density grows with t: more of the noisiest steps)
 
     def __post_init__(self):
         if self.modality not in MODALITIES: raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
         if self.prediction not in ('epsilon', 'v'): raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
+        if self.timestep_density not in ('uniform', 'linear'): raise ValueError(f"timestep_density must be 'uniform' or 'linear', got {self.timestep_density!r}")
         if is_dataclass(self.denoiser): self.denoiser = asdict(self.denoiser)
         self.latent_shape = tuple(self.latent_shape)
         if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got {self.condition_dropout}')
@@ -109,13 +111,19 @@ class LatentDiffusion(nn.Module):
         out = self(latents, timesteps, condition)
         return out if self.config.prediction == 'epsilon' else self.schedule.eps_from_velocity(latents, out, timesteps)
 
+    def training_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        "Integer timesteps for a training batch: uniform, or with density growing linearly in t (`config.timestep_density`)."
+        n = self.config.num_train_steps
+        if self.config.timestep_density == 'uniform': return torch.randint(0, n, (batch_size,), generator=generator)
+        return (n * torch.rand(batch_size, generator=generator).sqrt()).long().clamp(max=n - 1)   # P(t < s) = (s / n)²
+
     def loss(self, latents: Tensor, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:
         "The denoising loss ||eps - eps_theta(sqrt(abar) z + sqrt(1 - abar) eps, t, c)||² (or the same on the velocity), with each condition dropped to zero at rate `condition_dropout`."
         b, device = len(latents), latents.device
         cond = self.condition_tokens(condition, b)
         drop = torch.rand(b, generator=generator) < self.config.condition_dropout
         cond = cond.masked_fill(drop.to(device)[:, None, None], 0.0)
-        t = torch.randint(0, self.config.num_train_steps, (b,), generator=generator).to(device)
+        t = self.training_timesteps(b, generator).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         target = noise if self.config.prediction == 'epsilon' else self.schedule.velocity(latents, noise, t)
         return F.mse_loss(self(self.schedule.add_noise(latents, noise, t), t, cond), target)
@@ -238,19 +246,24 @@ def toyworld_ldm_config(modality: str) -> LatentDiffusionConfig:
     if modality == 'audio':
         return LatentDiffusionConfig('audio', (4, 16, 16), 'codi_nb.unet.UNetModel',
                                      dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
-    if modality == 'video':
+    if modality == 'video':                      # velocity, on a schedule that ends in (almost) pure noise, trained more on the noisiest steps: chapter 11
         return LatentDiffusionConfig('video', (4, 8, 8, 8), 'codi_nb.video_unet.VideoUNetModel',
-                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2), attention_levels=(0, 1)))
+                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2), attention_levels=(0, 1)),
+                                     beta_end=0.035, prediction='v', timestep_density='linear')
     if modality == 'text':
         return LatentDiffusionConfig('text', (32,), 'codi_nb.text_unet.TextUNetModel',
                                      dict(common, in_channels=32, out_channels=32, model_channels=96, channel_mult=(1, 2), attention_levels=(1,), norm_groups=4))
     raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
 
-# per modality: training pairs, steps, batch size, and how often the condition is the caption's vector vs the partner's
+# per modality: training pairs, steps, batch size, and how often the condition is the caption's vector vs the partner's;
+# `stages` (video): trained in order, each from the weights of the one before, with its steps, peak lr and changes to the final config
 TOYWORLD_LDM_RECIPES = {
     'image': dict(n=8000, steps=4000, batch_size=64, mix=(0.75, 0.25)),
     'audio': dict(n=8000, steps=3000, batch_size=64, mix=(0.75, 0.25)),
-    'video': dict(n=4000, steps=3000, batch_size=16, mix=(0.75, 0.25)),
+    'video': dict(n=4000, batch_size=16, mix=(0.75, 0.25), stages=(
+        dict(steps=3000, lr=1e-3, prediction='epsilon', beta_end=0.012, timestep_density='uniform'),   # CoDi's schedule and output
+        dict(steps=4000, lr=5e-4, timestep_density='uniform'),        # velocity, ending in pure noise: the axis of motion follows the prompt
+        dict(steps=3000, lr=3e-4))),                                  # more of the noisiest steps: so does its sign
     'text': dict(n=9000, steps=6000, batch_size=128, mix=(0.25, 0.75)),
 }
 
@@ -263,9 +276,13 @@ def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | 
     start = time.process_time()
     data = toyworld_diffusion_data(modality, recipe['n'], encoders, codecs, seed)
     torch.manual_seed(seed)
-    model = LatentDiffusion(toyworld_ldm_config(modality))
-    losses = train_latent_diffusion(model, data['latents'], data['conditions'], recipe['mix'], recipe['steps'],
-                                    recipe['batch_size'], seed=seed, log_every=log_every)
+    config, model, losses = toyworld_ldm_config(modality), None, []
+    for stage in recipe.get('stages') or (dict(steps=recipe['steps']),):
+        changes = {k: v for k, v in stage.items() if k not in ('steps', 'lr')}
+        previous, model = model, LatentDiffusion(replace(config, **changes))
+        if previous is not None: model.load_state_dict(previous.state_dict())   # same weights; the schedule comes from the config
+        losses += train_latent_diffusion(model, data['latents'], data['conditions'], recipe['mix'], stage['steps'],
+                                         recipe['batch_size'], lr=stage.get('lr', 1e-3), seed=seed, log_every=log_every)
     model.eval()
     if save_to is not None:                      # stored in float16 (half the size); load_pretrained gives float32 back
         save_pretrained(copy.deepcopy(model).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
