@@ -157,6 +157,7 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
     if any(len(c) != len(latents) for c in conditions): raise ValueError('every conditions tensor needs one row per latent')
     mix = torch.tensor([1.0] * len(conditions) if mix is None else list(mix), dtype=torch.float)
     if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0: raise ValueError(f'mix needs {len(conditions)} non-negative weights')
+    if steps < 3: raise ValueError(f'steps must be at least 3 (the one-cycle schedule needs a warm-up and a decay), got {steps}')
     stacked = torch.stack(conditions, 1)                           # (N, sources, D)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
