@@ -12,7 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 import torchaudio
 from .checkpoint import save_pretrained, load_shipped
-from .image_vae import AutoencoderConfig, KLAutoencoder
+from .image_vae import AutoencoderConfig, KLAutoencoder, one_cycle
 from .toyworld import ToyWorldDataset
 
 # %% auto 0
@@ -250,7 +250,7 @@ def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000
     mels = torch.cat([front(torch.from_numpy(waves[i:i + 500])) for i in range(0, len(waves), 500)])
     vae = KLAutoencoder(config or tiny_audio_vae_config())
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
+    sched = one_cycle(opt, lr, steps)
     g, losses = torch.Generator().manual_seed(seed), []
     vae.train()
     for step in range(steps):

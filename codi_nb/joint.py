@@ -15,6 +15,7 @@ from .unet import UNetConfig, UNetModel, GroupNorm32, timestep_embedding, zero_m
 from .video_unet import VideoUNetModel, VideoResBlock
 from .text_unet import TextUNetModel
 from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig, ModalityCodecs, MODALITIES
+from .image_vae import one_cycle
 from .checkpoint import load_shipped, save_pretrained, load_pretrained, shipped_path, list_shipped
 from .environment import EnvironmentEncoder, EnvironmentEncoderConfig, time_embedding, environment_alignment_loss
 from .environment import toyworld_environment_encoders
@@ -345,7 +346,7 @@ def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, 
     mix = torch.as_tensor(data.get('mix', [1.0]), dtype=torch.float)
     params = set_trainable(joint, train, connectors_only)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
+    schedule = one_cycle(optimizer, lr, steps)
     generator = torch.Generator().manual_seed(seed)
     joint.train(); history, start = {'loss': []}, time.time()
     for step in range(steps):

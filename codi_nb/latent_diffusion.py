@@ -17,7 +17,7 @@ from .unet import UNetConfig, UNetModel
 
 MODALITIES = ('text', 'image', 'video', 'audio')
 from .checkpoint import load_shipped
-from .image_vae import encode_to_latent, decode_from_latent
+from .image_vae import encode_to_latent, decode_from_latent, one_cycle
 from .audio_codec import AudioCodec
 from .prompt_encoders import PromptEncoders, toyworld_pairs
 from .toyworld import read_image, read_video, read_audio, read_text
@@ -157,12 +157,11 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
     if any(len(c) != len(latents) for c in conditions): raise ValueError('every conditions tensor needs one row per latent')
     mix = torch.tensor([1.0] * len(conditions) if mix is None else list(mix), dtype=torch.float)
     if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0: raise ValueError(f'mix needs {len(conditions)} non-negative weights')
-    if steps < 3: raise ValueError(f'steps must be at least 3 (the one-cycle schedule needs a warm-up and a decay), got {steps}')
     stacked = torch.stack(conditions, 1)                           # (N, sources, D)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=max(warmup, 2 / steps))   # a warm-up of at least 2 steps (OneCycleLR divides by it)
+    schedule = one_cycle(optimizer, lr, steps, warmup)
     ema = copy.deepcopy(model).requires_grad_(False)
     model.train(); losses, start = [], time.time()
     for step in range(steps):
