@@ -249,10 +249,10 @@ def reconstruction_loss(recon: Tensor, x: Tensor, edge_weight: float = 1.0, edge
     hinge = F.relu(edge_margin - side * (recon.amax(dim=1) - FOREGROUND_LEVEL)).mean()
     return (recon - x).abs().mean() + edge_weight * hinge
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    "Linear warm-up over the first 5 % of `steps`, then cosine decay to zero."
-    warmup = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / steps)))
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    "Linear warm-up over `warmup` steps (default: the first 5 % of `steps`; at least 1), then cosine decay to zero at `steps`."
+    warmup = max(1, steps // 20 if warmup is None else warmup)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
 
 def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.OneCycleLR:
     "PyTorch's one-cycle schedule: warm-up over a fraction `warmup` of the steps (at least 2 steps), then cosine decay; refuses steps < 3."

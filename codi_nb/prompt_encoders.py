@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_prompt_encoders.ipynb 2
 from __future__ import annotations
-import copy, dataclasses, math
+import copy, dataclasses
 from dataclasses import dataclass
 from collections.abc import Sequence
 import numpy as np
@@ -16,6 +16,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from .toyworld import IMAGE_SIZE, NUM_FRAMES, ToyWorldDataset, sample_factors, make_caption
 from .text_vae import toyworld_vocabulary, split_words
 from .audio_codec import LogMel, MelConfig
+from .image_vae import warmup_cosine
 
 # %% auto 0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'MODALITIES', 'toyworld_caption_words', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip',
@@ -125,8 +126,7 @@ def train_contrastive(parameters, loss_of_batch, n: int, steps: int, batch_size:
     "AdamW with linear warm-up and cosine decay; each step calls `loss_of_batch(indices)` on random indices into n pairs."
     parameters = [p for p in parameters if p.requires_grad]
     opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = warmup_cosine(opt, steps)
     g, losses = torch.Generator().manual_seed(seed), []
     for step in range(steps):
         loss = loss_of_batch(torch.randint(0, n, (batch_size,), generator=g))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, DynamicCache
 from fastcore.basics import patch
 from .checkpoint import save_pretrained, shipped_path, count_parameters
+from .image_vae import warmup_cosine
 from .toyworld import CAPTION_TEMPLATES, SYNONYMS, SPLITS, sample_factors, make_caption
 
 # %% auto 0
@@ -330,9 +331,7 @@ def train_text_vae(steps: int = 3000, seed: int = 0, batch_size: int = 64, lr: f
     captions = toyworld_captions(num_captions, seed, 'train')
     ids, mask = model.tokenizer.batch(captions, config.max_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, min(100, steps // 10))
-    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    lr_schedule = warmup_cosine(optimizer, steps, warmup=min(100, steps // 10))
     picker, history = torch.Generator().manual_seed(seed), []
     for step in range(steps):
         pick = torch.randint(len(captions), (batch_size,), generator=picker)
