@@ -108,7 +108,8 @@ class GriffinLimVocoder(nn.Module):
         self.config = config = config or MelConfig.tiny()
         self.register_buffer('inverse_filters', torch.linalg.pinv(LogMel(config).filterbank.T), persistent=False)
         self.griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length, power=1.0, n_iter=n_iter)
+            n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length, power=1.0, n_iter=n_iter,
+            rand_init=False)                                              # zero starting phase: the same sound on every run
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         log_mel = _check_mel(log_mel, self.config)
