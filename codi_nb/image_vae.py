@@ -16,8 +16,8 @@ from .toyworld import ToyWorldDataset
 # %% auto 0
 __all__ = ['FOREGROUND_LEVEL', 'AutoencoderConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder',
            'DiagonalGaussian', 'KLAutoencoder', 'images_to_tensor', 'tensor_to_images', 'encode_to_latent',
-           'decode_from_latent', 'toyworld_images', 'reconstruction_loss', 'warmup_cosine', 'one_cycle',
-           'train_image_vae', 'tune_decoder']
+           'decode_from_latent', 'toyworld_images', 'reconstruction_loss', 'posterior_means', 'warmup_cosine',
+           'one_cycle', 'train_image_vae', 'tune_decoder']
 
 # %% ../nbs/05_image_vae.ipynb
 @dataclass
@@ -249,6 +249,11 @@ def reconstruction_loss(recon: Tensor, x: Tensor, edge_weight: float = 1.0, edge
     hinge = F.relu(edge_margin - side * (recon.amax(dim=1) - FOREGROUND_LEVEL)).mean()
     return (recon - x).abs().mean() + edge_weight * hinge
 
+@torch.no_grad()
+def posterior_means(vae: KLAutoencoder, images: Tensor, batch_size: int = 256) -> Tensor:
+    "Unscaled posterior means of `vae` for float images (B, 3, H, W) in [-1, 1], encoded in batches."
+    return torch.cat([vae.encode(images[i:i + batch_size]).mode() for i in range(0, len(images), batch_size)])
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     "Linear warm-up over `warmup` steps (default: the first 5 % of `steps`; at least 1), then cosine decay to zero at `steps`."
     warmup = max(1, steps // 20 if warmup is None else warmup)
@@ -276,8 +281,7 @@ def train_image_vae(steps: int = 2500, batch_size: int = 32, n_images: int = 800
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}')
     vae.eval()
-    with torch.no_grad(): z = torch.cat([vae.encode(images[i:i + 256]).mode() for i in range(0, len(images), 256)])
-    vae.config.scale_factor = float(1.0 / z.std())
+    vae.config.scale_factor = float(1.0 / posterior_means(vae, images).std())
     if save_to is not None: save_pretrained(vae, save_to, extra={'steps': steps, 'seed': seed, 'cpu_seconds': time.process_time() - start})
     return vae, losses
 
@@ -289,7 +293,7 @@ def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.
     torch.manual_seed(seed)
     images = images_to_tensor(toyworld_images(n_images, seed=seed))
     vae.eval()
-    with torch.no_grad(): latents = torch.cat([vae.encode(images[i:i + 256]).mode() for i in range(0, len(images), 256)])
+    latents = posterior_means(vae, images)
     opt = torch.optim.AdamW([*vae.decoder.parameters(), *vae.post_quant_conv.parameters()], lr=lr, weight_decay=0.0)
     sched = warmup_cosine(opt, steps)
     g, losses, start = torch.Generator().manual_seed(seed), [], time.process_time()
@@ -297,7 +301,8 @@ def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.
     for step in range(steps):
         index = torch.randint(0, len(images), (batch_size,), generator=g)
         sigma = torch.rand(batch_size, 1, 1, 1, generator=g) * latent_noise / vae.config.scale_factor   # in unscaled latent units
-        recon = vae.decode(latents[index] + sigma * torch.randn(latents[index].shape, generator=g))
+        z = latents[index]
+        recon = vae.decode(z + sigma * torch.randn(z.shape, generator=g))
         loss = reconstruction_loss(recon, images[index])
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}')
