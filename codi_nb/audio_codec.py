@@ -12,7 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 import torchaudio
 from .checkpoint import save_pretrained, load_shipped
-from .image_vae import AutoencoderConfig, KLAutoencoder, one_cycle
+from .image_vae import AutoencoderConfig, KLAutoencoder, one_cycle, posterior_means
 from .toyworld import ToyWorldDataset
 
 # %% auto 0
@@ -262,8 +262,7 @@ def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}', flush=True)
     vae.eval()
-    with torch.no_grad(): z = torch.cat([vae.encode(mels[i:i + 256]).mode() for i in range(0, len(mels), 256)])
-    vae.config.scale_factor = float(1.0 / z.std())
+    vae.config.scale_factor = float(1.0 / posterior_means(vae, mels).std())
     if save_to is not None:
         save_pretrained(vae, save_to, extra={'recipe': f'train_audio_vae(steps={steps}, seed={seed})',
                                              'cpu_seconds': round(time.process_time() - start, 1)})

@@ -251,7 +251,7 @@ def reconstruction_loss(recon: Tensor, x: Tensor, edge_weight: float = 1.0, edge
 
 @torch.no_grad()
 def posterior_means(vae: KLAutoencoder, images: Tensor, batch_size: int = 256) -> Tensor:
-    "Unscaled posterior means of `vae` for float images (B, 3, H, W) in [-1, 1], encoded in batches."
+    "Unscaled posterior means of `vae` for its float inputs (B, C, H, W): images in [-1, 1], or log-mel images (chapter 06); encoded in batches."
     return torch.cat([vae.encode(images[i:i + batch_size]).mode() for i in range(0, len(images), batch_size)])
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
