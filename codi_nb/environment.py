@@ -25,8 +25,8 @@ __all__ = ['ENVIRONMENT_DIM', 'TOKEN_AXES', 'STRIDES', 'PAPER_STAGES', 'TOYWORLD
            'EnvironmentEncoders', 'toyworld_environment_config', 'toyworld_environment_encoders',
            'environment_alignment_loss', 'timing_alignment_loss', 'pair_kind', 'toyworld_environment_data', 'noisy',
            'sample_timesteps', 'vary_beep_timing', 'silent_audio_row', 'copy_shared_weights',
-           'train_environment_encoders', 'train_toyworld_environment_encoders', 'environment_vectors',
-           'without_direction', 'environment_recalls', 'timing_peaks']
+           'train_environment_encoders', 'train_toyworld_environment_encoders', 'rejoin_environment_encoder',
+           'environment_vectors', 'without_direction', 'environment_recalls', 'timing_peaks']
 
 # %% ../nbs/15_environment_encoders.ipynb
 def time_embedding(seconds: Tensor, dim: int, min_period: float = 0.2, max_period: float = 16.0) -> Tensor:
@@ -141,7 +141,7 @@ class EnvironmentEncoders(nn.ModuleDict):
 def toyworld_environment_config(modality: str) -> EnvironmentEncoderConfig:
     "The book's tiny environment encoder for `modality` on the shipped codecs' latents."
     if modality == 'text': return EnvironmentEncoderConfig('text', (32,))
-    if modality == 'image': return EnvironmentEncoderConfig('image', (4, 8, 8))
+    if modality == 'image': return EnvironmentEncoderConfig('image', (4, 16, 16))
     if modality == 'video': return EnvironmentEncoderConfig('video', (4, 8, 8, 8), seconds_per_token=0.25)   # 4 fps
     if modality == 'audio': return EnvironmentEncoderConfig('audio', (4, 16, 16), seconds_per_token=0.125, first_token_seconds=0.0625)
     raise ValueError(f'unknown modality {modality!r}; use one of {tuple(TOKEN_AXES)}')
@@ -280,6 +280,17 @@ def train_toyworld_environment_encoders(seed: int = 0, codecs=None, save_to=None
         save_pretrained(copy.deepcopy(encoders).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
                         cpu_seconds=round(time.process_time() - start), loss_curves=curves))
     return encoders
+
+# %% ../nbs/15_environment_encoders.ipynb
+def rejoin_environment_encoder(encoders, modality: str, data: dict, partner: str = 'text', steps: int = 1500, seed: int = 0,
+                               batch_size: int = 128, lr: float = 2e-3, **train_args) -> EnvironmentEncoders:
+    """New encoders: `modality`'s is fresh, for its current latents (`toyworld_environment_config`), and trained against the frozen
+    `partner` on `data` (one stage of the paper's order, no copying from other encoders); every other one is `encoders`'."""
+    fresh = toyworld_environment_encoders(tuple(encoders), seed=seed)
+    for m in encoders:
+        if m != modality: fresh[m].load_state_dict(encoders[m].state_dict())
+    train_environment_encoders(fresh, data, ((partner, modality, (modality,)),), (steps,), batch_size, lr, init_from={}, seed=seed, **train_args)
+    return fresh
 
 # %% ../nbs/15_environment_encoders.ipynb
 @torch.no_grad()

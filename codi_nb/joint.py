@@ -26,7 +26,7 @@ from .toyworld import PAIR_KINDS, make_caption
 __all__ = ['WIRINGS', 'TOYWORLD_JOINT_STAGES', 'TOYWORLD_JOINT_RECIPE', 'TOYWORLD_CONNECTOR_LEVELS', 'connector_sites',
            'run_denoiser', 'JointConnector', 'check_lookahead', 'JointConfig', 'JointLayers', 'JointDiffusion',
            'set_trainable', 'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders',
-           'train_toyworld_joint']
+           'train_toyworld_joint', 'rejoin_joint_modality']
 
 # %% ../nbs/16_joint_training.ipynb
 def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> dict[str, int]:
@@ -431,3 +431,30 @@ def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other', sta
                                        final_losses=[{k: float(np.mean(v[-100:])) for k, v in h.items() if isinstance(v, list)} for h in histories],
                                        seconds_per_step=[h['seconds_per_step'] for h in histories], cpu_seconds=round(time.process_time() - start)))
     return joint, histories
+
+# %% ../nbs/16_joint_training.ipynb
+def rejoin_joint_modality(previous, modality: str, encoder: EnvironmentEncoder, partner: str = 'text', steps: int | None = None, seed: int = 0,
+                          save_to=None, log_every: int = 0, **overrides) -> tuple[JointDiffusion, dict]:
+    """Joint layers saved at `previous` (a path), moved to the shipped `{modality}_ldm`: every other modality's encoder and connectors
+    are kept, `modality` gets `encoder` and fresh connectors, trained on `partner`-`modality` pairs with `partner` frozen
+    (`TOYWORLD_JOINT_RECIPE`, any entry overridable); saved if `save_to` is given."""
+    recipe, start = {**TOYWORLD_JOINT_RECIPE, **overrides}, time.process_time()
+    old = load_pretrained(previous)
+    c = old.config
+    models = {m: load_shipped(name) for m, name in c.base_models.items()}
+    encoders = {m: encoder if m == modality else old.encoders[m] for m in c.model_configs}
+    torch.manual_seed(seed)                      # the fresh connectors' initial weights
+    joint = JointDiffusion(models, encoders, c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels, c.sampling_lookahead)
+    kept = {k: v for k, v in old.state_dict().items() if not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.'))}
+    missing, unexpected = joint.layers.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.')) for k in missing):
+        raise ValueError(f'{previous} does not fit the shipped models apart from {modality}: unexpected {unexpected[:3]}, missing {missing[:3]}')
+    pair = (partner, modality)
+    data = toyworld_joint_data(pair, recipe['n'], load_shipped('prompt_encoders'), ModalityCodecs.shipped(), seed)
+    history = train_joint_stage(joint, pair, data, steps or recipe['steps'], {modality}, set(), recipe['batch_size'], recipe['lr'],
+                                recipe['alignment_weight'], seed, log_every)
+    if save_to is not None:
+        joint.save(save_to, extra=dict(rejoined=modality, partner=partner, recipe=recipe, steps=steps or recipe['steps'], seed=seed,
+                                       final_losses={k: float(np.mean(v[-100:])) for k, v in history.items() if isinstance(v, list)},
+                                       seconds_per_step=history['seconds_per_step'], cpu_seconds=round(time.process_time() - start)))
+    return joint, history

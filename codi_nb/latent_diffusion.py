@@ -180,14 +180,18 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
 
 # %% ../nbs/10_image_ldm.ipynb
 class ModalityCodecs:
-    "Media ↔ diffusion latents for every modality: image VAE (images, and videos frame by frame), mel codec (audio), text VAE (captions)."
-    def __init__(self, image_vae: nn.Module, audio_codec: AudioCodec, text_vae: nn.Module):
+    """Media ↔ diffusion latents for every modality: image VAE (images), video VAE (videos, frame by frame; the image VAE
+    if none is given, as in the official CoDi), mel codec (audio), text VAE (captions)."""
+    def __init__(self, image_vae: nn.Module, audio_codec: AudioCodec, text_vae: nn.Module, video_vae: nn.Module | None = None):
         self.image_vae, self.audio_codec, self.text_vae = image_vae, audio_codec, text_vae
+        self.video_vae = image_vae if video_vae is None else video_vae
 
     @classmethod
     def shipped(cls) -> 'ModalityCodecs':
         "The book's tiny trained codecs."
-        return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'))
+        return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'), load_shipped('video_vae'))
+
+    def frame_vae(self, modality: str) -> nn.Module: return self.video_vae if modality == 'video' else self.image_vae
 
     def encode(self, modality: str, media, batch_size: int = 512) -> Tensor:
         "uint8 images (B,H,W,3) / videos (B,T,H,W,3), float waves (B,samples), or captions → latents."
@@ -195,7 +199,7 @@ class ModalityCodecs:
         if modality == 'text':
             media = [media] if isinstance(media, str) else list(media)
             with torch.no_grad(): return torch.cat([self.text_vae.encode_text(media[i:i + batch_size]) for i in range(0, len(media), batch_size)])
-        coder = self.audio_codec.encode if modality == 'audio' else (lambda x: encode_to_latent(self.image_vae, x))
+        coder = self.audio_codec.encode if modality == 'audio' else (lambda x: encode_to_latent(self.frame_vae(modality), x))
         with torch.no_grad(): return torch.cat([coder(media[i:i + batch_size]) for i in range(0, len(media), batch_size)])
 
     def decode(self, modality: str, latents: Tensor):
@@ -203,7 +207,7 @@ class ModalityCodecs:
         if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
         if modality == 'text': return self.text_vae.decode_text(latents)
         if modality == 'audio': return self.audio_codec.decode(latents)
-        return decode_from_latent(self.image_vae, latents)
+        return decode_from_latent(self.frame_vae(modality), latents)
 
 READERS = {'image': read_image, 'video': read_video, 'audio': read_audio, 'text': read_text}
 
@@ -241,8 +245,8 @@ def toyworld_ldm_config(modality: str) -> LatentDiffusionConfig:
     "The book's tiny LDM for `modality` on the shipped codecs' latents, conditioned on the 64-d shared prompt space."
     common = dict(out_channels=4, num_res_blocks=1, num_heads=4, context_dim=64, norm_groups=16)
     if modality == 'image':
-        return LatentDiffusionConfig('image', (4, 8, 8), 'codi_nb.unet.UNetModel',
-                                     dict(common, in_channels=4, model_channels=48, channel_mult=(1, 2), attention_levels=(0, 1)))
+        return LatentDiffusionConfig('image', (4, 16, 16), 'codi_nb.unet.UNetModel',
+                                     dict(common, in_channels=4, model_channels=48, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
     if modality == 'audio':
         return LatentDiffusionConfig('audio', (4, 16, 16), 'codi_nb.unet.UNetModel',
                                      dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
@@ -256,9 +260,10 @@ def toyworld_ldm_config(modality: str) -> LatentDiffusionConfig:
     raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
 
 # per modality: training pairs, steps, batch size, and how often the condition is the caption's vector vs the partner's;
-# `stages` (video): trained in order, each from the weights of the one before, with its steps, peak lr and changes to the final config
+# `stages`: trained in order, each from the weights of the one before, with its steps, peak lr, seed offset and changes to the final config
 TOYWORLD_LDM_RECIPES = {
-    'image': dict(n=8000, steps=4000, batch_size=64, mix=(0.75, 0.25)),
+    'image': dict(n=8000, batch_size=64, mix=(0.75, 0.25), stages=(
+        dict(steps=3000, lr=1e-3), dict(steps=1000, lr=3e-4, seed_offset=5), dict(steps=1000, lr=3e-4, seed_offset=5))),  # two short restarts at a lower peak
     'audio': dict(n=8000, steps=3000, batch_size=64, mix=(0.75, 0.25)),
     'video': dict(n=4000, batch_size=16, mix=(0.75, 0.25), stages=(
         dict(steps=3000, lr=1e-3, prediction='epsilon', beta_end=0.012, timestep_density='uniform'),   # CoDi's schedule and output
@@ -268,21 +273,21 @@ TOYWORLD_LDM_RECIPES = {
 }
 
 def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | None = None, codecs: ModalityCodecs | None = None,
-                       save_to=None, log_every: int = 0, **overrides) -> LatentDiffusion:
-    "The recipe of a shipped tiny LDM (`TOYWORLD_LDM_RECIPES[modality]`, any entry overridable); saves it if `save_to` is given."
+                       save_to=None, log_every: int = 0, config: LatentDiffusionConfig | None = None, **overrides) -> LatentDiffusion:
+    "The recipe of a shipped tiny LDM (`TOYWORLD_LDM_RECIPES[modality]`, any entry overridable; `config` replaces `toyworld_ldm_config(modality)`); saves it if `save_to` is given."
     from codi_nb.checkpoint import save_pretrained
     recipe = {**TOYWORLD_LDM_RECIPES[modality], **overrides}
     encoders = encoders or load_shipped('prompt_encoders'); codecs = codecs or ModalityCodecs.shipped()
     start = time.process_time()
     data = toyworld_diffusion_data(modality, recipe['n'], encoders, codecs, seed)
     torch.manual_seed(seed)
-    config, model, losses = toyworld_ldm_config(modality), None, []
+    config, model, losses = config or toyworld_ldm_config(modality), None, []
     for stage in recipe.get('stages') or (dict(steps=recipe['steps']),):
-        changes = {k: v for k, v in stage.items() if k not in ('steps', 'lr')}
+        changes = {k: v for k, v in stage.items() if k not in ('steps', 'lr', 'seed_offset')}
         previous, model = model, LatentDiffusion(replace(config, **changes))
         if previous is not None: model.load_state_dict(previous.state_dict())   # same weights; the schedule comes from the config
         losses += train_latent_diffusion(model, data['latents'], data['conditions'], recipe['mix'], stage['steps'],
-                                         recipe['batch_size'], lr=stage.get('lr', 1e-3), seed=seed, log_every=log_every)
+                                         recipe['batch_size'], lr=stage.get('lr', 1e-3), seed=seed + stage.get('seed_offset', 0), log_every=log_every)
     model.eval()
     if save_to is not None:                      # stored in float16 (half the size); load_pretrained gives float32 back
         save_pretrained(copy.deepcopy(model).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
