@@ -191,7 +191,9 @@ class ModalityCodecs:
         "The book's tiny trained codecs."
         return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'), load_shipped('video_vae'))
 
-    def frame_vae(self, modality: str) -> nn.Module: return self.video_vae if modality == 'video' else self.image_vae
+    def autoencoder_for(self, modality: str) -> nn.Module:
+        "The image autoencoder for 'image', the video one for 'video'."
+        return self.video_vae if modality == 'video' else self.image_vae
 
     def encode(self, modality: str, media, batch_size: int = 512) -> Tensor:
         "uint8 images (B,H,W,3) / videos (B,T,H,W,3), float waves (B,samples), or captions → latents."
@@ -199,7 +201,7 @@ class ModalityCodecs:
         if modality == 'text':
             media = [media] if isinstance(media, str) else list(media)
             with torch.no_grad(): return torch.cat([self.text_vae.encode_text(media[i:i + batch_size]) for i in range(0, len(media), batch_size)])
-        coder = self.audio_codec.encode if modality == 'audio' else (lambda x: encode_to_latent(self.frame_vae(modality), x))
+        coder = self.audio_codec.encode if modality == 'audio' else (lambda x: encode_to_latent(self.autoencoder_for(modality), x))
         with torch.no_grad(): return torch.cat([coder(media[i:i + batch_size]) for i in range(0, len(media), batch_size)])
 
     def decode(self, modality: str, latents: Tensor):
@@ -207,7 +209,7 @@ class ModalityCodecs:
         if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
         if modality == 'text': return self.text_vae.decode_text(latents)
         if modality == 'audio': return self.audio_codec.decode(latents)
-        return decode_from_latent(self.frame_vae(modality), latents)
+        return decode_from_latent(self.autoencoder_for(modality), latents)
 
 READERS = {'image': read_image, 'video': read_video, 'audio': read_audio, 'text': read_text}
 
