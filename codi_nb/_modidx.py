@@ -962,4 +962,8 @@ d = { 'settings': { 'branch': 'main',
                                     'codi_nb.video_unet.VideoUNetModel.forward': ( 'video_ldm.html#videounetmodel.forward',
                                                                                    'codi_nb/video_unet.py'),
                                     'codi_nb.video_unet.VideoUNetModel.make_resblock': ( 'video_ldm.html#videounetmodel.make_resblock',
-                                                                                         'codi_nb/video_unet.py')}}}
+                                                                                         'codi_nb/video_unet.py'),
+                                    'codi_nb.video_unet.tune_decoder_on_generations': ( 'video_ldm.html#tune_decoder_on_generations',
+                                                                                        'codi_nb/video_unet.py'),
+                                    'codi_nb.video_unet.tune_toyworld_video_decoder': ( 'video_ldm.html#tune_toyworld_video_decoder',
+                                                                                        'codi_nb/video_unet.py')}}}

@@ -188,8 +188,8 @@ class ModalityCodecs:
 
     @classmethod
     def shipped(cls) -> 'ModalityCodecs':
-        "The book's tiny trained codecs."
-        return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'), load_shipped('video_vae'))
+        "The book's tiny trained codecs; video frames use chapter 05's autoencoder with the decoder chapter 11 tunes on the video model's latents."
+        return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'), load_shipped('video_vae_tuned'))
 
     def autoencoder_for(self, modality: str) -> nn.Module:
         "The image autoencoder for 'image', the video one for 'video'."
