@@ -163,8 +163,8 @@ def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: in
     return losses
 
 def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None, **settings):
-    "The shipped `video_vae_tuned`: a copy of the frame autoencoder (`video_vae`) whose decoder `tune_decoder_on_generations` tunes on the shipped video model's partial generations of n training clips; saved if `save_to` is given."
-    import copy, time
+    "The shipped `video_vae_tuned`: chapter 05's frame autoencoder (`video_vae`), loaded afresh, whose decoder `tune_decoder_on_generations` tunes on the shipped video model's partial generations of n training clips; saved if `save_to` is given."
+    import time
     from codi_nb.checkpoint import load_shipped, save_pretrained, read_config, shipped_path
     from codi_nb.prompt_encoders import toyworld_pairs
     start, vae = time.process_time(), load_shipped('video_vae')
