@@ -164,15 +164,17 @@ def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: in
 
 def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None, **settings):
     "The shipped `video_vae_tuned`: chapter 05's frame autoencoder (`video_vae`), loaded afresh, whose decoder `tune_decoder_on_generations` tunes on the shipped video model's partial generations of n training clips; saved if `save_to` is given."
-    import time
+    import inspect, time
     from codi_nb.checkpoint import load_shipped, save_pretrained, read_config, shipped_path
     from codi_nb.prompt_encoders import toyworld_pairs
     start, vae = time.process_time(), load_shipped('video_vae')
     pairs = toyworld_pairs('text-video', n, data_seed, 'train')
     conditions = load_shipped('prompt_encoders').encode({'text': pairs['text']})['text']
     losses = tune_decoder_on_generations(load_shipped('video_ldm'), vae, pairs['video'].numpy(), conditions, **settings)
-    if save_to is not None:
+    if save_to is not None:   # every setting the tuning ran with, defaults included
+        used = {k: settings.get(k, p.default) for k, p in inspect.signature(tune_decoder_on_generations).parameters.items()
+                if p.default is not inspect.Parameter.empty and k != 'log_every'}
         extra = read_config(shipped_path('video_vae'))[1].get('extra', {}) | {'note': "chapter 05's video_vae (the frame autoencoder) with its decoder tuned further on the shipped video model's partial generations (chapter 11, tune_toyworld_video_decoder: generation_tuning); the encoder is video_vae's, bit for bit"}
-        save_pretrained(vae, save_to, extra=extra | {'generation_tuning': dict(n=n, data_seed=data_seed, **{k: v for k, v in settings.items() if k != 'log_every'}, final_loss=float(np.mean(losses[-100:])),
+        save_pretrained(vae, save_to, extra=extra | {'generation_tuning': dict(n=n, data_seed=data_seed, **used, final_loss=float(np.mean(losses[-100:])),
                                                                                  cpu_seconds=round(time.process_time() - start))})
     return vae
