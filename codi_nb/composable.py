@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .checkpoint import load_shipped, list_shipped
-from .latent_diffusion import LatentDiffusion, ModalityCodecs, MODALITIES, SAMPLERS
+from .latent_diffusion import LatentDiffusion, ModalityCodecs, MODALITIES
+from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .prompt_encoders import PromptEncoders
 
 # %% auto 0
@@ -86,8 +87,9 @@ class ComposableGenerator:
         mixed = (w[:, None] * vectors).sum(0) / w.sum()
         return F.normalize(mixed, dim=-1) if normalize else mixed
 
-    def generate(self, inputs: dict, output: str, weights: dict | None = None, n: int = 1, steps: int = 50, sampler: str = 'ddim',
-                 guidance: float = 3.0, seed: int = 0, normalize: bool = True, progress: bool = False) -> list:
+    def generate(self, inputs: dict, output: str, weights: dict | None = None, n: int = 1, steps: int = DEFAULT_STEPS,
+                 sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, normalize: bool = True,
+                 progress: bool = False) -> list:
         "`n` samples of `output` ('text', 'image', 'video' or 'audio') conditioned on any mix of inputs: captions, uint8 images/videos, 16 kHz waves."
         if output not in MODALITIES: raise ValueError(f'unknown output modality {output!r}; use one of {MODALITIES}')
         if output not in self.models: raise ValueError(f'no {output} model loaded; this generator has {sorted(self.models)}')

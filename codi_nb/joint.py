@@ -6,14 +6,12 @@
 from __future__ import annotations
 import copy, json, time
 from dataclasses import dataclass, field, asdict
-from typing import Callable, Sequence
+from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .unet import UNetConfig, UNetModel, GroupNorm32, timestep_embedding, zero_module
-from .video_unet import VideoUNetModel, VideoResBlock
-from .text_unet import TextUNetModel
+from .unet import UNetConfig, GroupNorm32, zero_module
 from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig, ModalityCodecs, MODALITIES
 from .image_vae import one_cycle
 from .checkpoint import load_shipped, save_pretrained, load_pretrained, shipped_path, list_shipped
@@ -24,9 +22,9 @@ from .toyworld import PAIR_KINDS, make_caption
 
 # %% auto 0
 __all__ = ['WIRINGS', 'TOYWORLD_JOINT_STAGES', 'TOYWORLD_JOINT_RECIPE', 'TOYWORLD_CONNECTOR_LEVELS', 'connector_sites',
-           'run_denoiser', 'JointConnector', 'check_lookahead', 'JointConfig', 'JointLayers', 'JointDiffusion',
-           'set_trainable', 'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders',
-           'train_toyworld_joint', 'rejoin_joint_modality']
+           'JointConnector', 'check_lookahead', 'JointConfig', 'JointLayers', 'JointDiffusion', 'set_trainable',
+           'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders', 'train_toyworld_joint',
+           'rejoin_joint_modality']
 
 # %% ../nbs/16_joint_training.ipynb
 def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> dict[str, int]:
@@ -46,34 +44,6 @@ def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> 
             if level in levels: sites[f'output_{index}'] = mult * c.model_channels
             index += 1
     return sites
-
-# %% ../nbs/16_joint_training.ipynb
-def run_denoiser(denoiser: UNetModel, x: Tensor, timesteps: Tensor, context: Tensor | None,
-                 connect: Callable[[str, Tensor, int], Tensor] | None = None) -> Tensor:
-    """The denoiser's forward pass, walked block by block so that `connect(site, h, frames)` can change the features
-    after every block ('input_3', 'output_0', ...). Video latents (B, C, F, H, W) run as B*F frames, text vectors (B, D) as 1x1 maps."""
-    frames, squeeze, b = 1, False, len(x)
-    if isinstance(denoiser, VideoUNetModel):
-        frames = x.shape[2] if x.ndim == 5 else 1
-        for m in denoiser.modules():
-            if isinstance(m, VideoResBlock): m.num_frames = frames
-        if x.ndim == 5:
-            x = x.transpose(1, 2).flatten(0, 1)
-            timesteps = timesteps.repeat_interleave(frames)
-            context = None if context is None else context.repeat_interleave(frames, 0)
-    if isinstance(denoiser, TextUNetModel) and x.ndim == 2: x, squeeze = x[..., None, None], True
-    denoiser.check_inputs(x, timesteps, context)
-    connect = connect or (lambda site, h, frames: h)
-    emb = denoiser.time_embed(timestep_embedding(timesteps, denoiser.config.model_channels).to(x.dtype))
-    h, skips = x, []
-    for i, block in enumerate(denoiser.input_blocks):
-        h = connect(f'input_{i}', block(h, emb, context), frames); skips.append(h)
-    h = denoiser.middle_block(h, emb, context)
-    for i, block in enumerate(denoiser.output_blocks):
-        h = connect(f'output_{i}', block(torch.cat([h, skips.pop()], dim=1), emb, context), frames)
-    out = denoiser.out(h)
-    if squeeze: return out[..., 0, 0]
-    return out.reshape(b, frames, *out.shape[1:]).transpose(1, 2) if frames > 1 or out.shape[0] != b else out
 
 # %% ../nbs/16_joint_training.ipynb
 class JointConnector(nn.Module):
@@ -249,7 +219,7 @@ class JointDiffusion(nn.Module):
             def connect(site: str, h: Tensor, frames: int, m=m, tokens=tokens, times=times, sites=sites) -> Tensor:
                 if site not in sites: return h
                 return sites[site](h, tokens.repeat_interleave(len(h) // len(tokens), 0), times, self.query_times(m, h, frames))
-            out[m] = run_denoiser(model.denoiser, x, timesteps, model.condition_tokens(conditions.get(m), len(x)), connect)
+            out[m] = model.denoiser(x, timesteps, model.condition_tokens(conditions.get(m), len(x)), connect=connect)
         return out
 
     def predict_noise(self, latents: dict[str, Tensor], timesteps: Tensor, conditions: dict[str, Tensor | None] | None = None,

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from .checkpoint import load_shipped
-from .latent_diffusion import ModalityCodecs, MODALITIES, SAMPLERS, make_sampler, read_factors, strict_coherence
-from .samplers import classifier_free_guidance
+from .latent_diffusion import ModalityCodecs, MODALITIES, read_factors, strict_coherence
+from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, make_sampler, sample_loop, guided_prediction
 from .prompt_encoders import PromptEncoders
 from .composable import ComposableGenerator, parse_outputs
 from .joint import JointDiffusion, check_lookahead
@@ -21,9 +21,9 @@ from .toyworld import sync_score, coherence          # coherence: chapter 04's a
 __all__ = ['sample_jointly', 'JointGenerator', 'joint_coherence']
 
 # %% ../nbs/17_joint_sampling.ipynb
-def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = 'ddim', steps: int = 50, guidance: float = 3.0,
-                   generator: torch.Generator | None = None, independent: bool = False, progress: bool = False,
-                   lookahead: float | None | str = 'trained') -> dict[str, Tensor]:
+def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+                   guidance: float = DEFAULT_GUIDANCE, generator: torch.Generator | None = None, independent: bool = False,
+                   progress: bool = False, lookahead: float | None | str = 'trained') -> dict[str, Tensor]:
     """Latents of every output named in `conditions` {modality: prompt vectors (B, D)}, stepped together: at each timestep every
     model predicts its noise while its connectors see the other outputs' current latents. `independent` runs each model alone
     from the same starting noise (the no-cross-attention baseline). `lookahead` (in [0, 1]): the environment tokens are computed
@@ -41,35 +41,21 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
     sizes = {len(c) for c in conds.values()}
     if len(sizes) != 1: raise ValueError(f'every output needs the same number of conditions, got { {m: len(c) for m, c in conds.items()} }')
     b, device = sizes.pop(), next(joint.parameters()).device
-    samplers = {m: make_sampler(sampler, models[m].schedule, steps) for m in outputs}
-    timesteps = samplers[outputs[0]].timesteps
-    if any(not torch.equal(s.timesteps, timesteps) for s in samplers.values()):   # each model steps on its own schedule, all at the same t
-        raise ValueError(f'joint sampling needs every model to visit the same timesteps; their train steps differ: '
-                         f'{ {m: models[m].config.num_train_steps for m in outputs} }')
-    x = {m: torch.randn((b, *models[m].config.latent_shape), generator=generator).to(device) for m in outputs}
-    if progress:
-        from tqdm.auto import tqdm
-        timesteps = tqdm(timesteps, desc=f'joint {"+".join(outputs)}')
-    clean = None                                                          # predicted clean latents of the previous step
-    for t in timesteps:
-        tb = torch.full((b,), int(t), dtype=torch.long, device=device)
-        groups = [{m: x[m]} for m in outputs] if independent else [x]       # alone, each model runs its plain path
-        eps = {}
-        for group in groups:
-            with torch.no_grad():
-                env = None
-                if lookahead is not None and clean is not None and len(group) > 1:
-                    ahead = torch.full((b,), int(int(t) * lookahead), dtype=torch.long, device=device)
-                    env = joint.noised_environment({m: clean[m] for m in group}, ahead, generator)
-                if guidance == 1.0: eps |= joint.predict_noise(group, tb, {m: conds[m] for m in group}, env)
-                else:
-                    both = joint.predict_noise({m: torch.cat([z, z]) for m, z in group.items()}, torch.cat([tb, tb]),
-                                               {m: torch.cat([torch.zeros_like(conds[m]), conds[m]]) for m in group},
-                                               None if env is None else {m: torch.cat([e, e]) for m, e in env.items()})
-                    eps |= {m: classifier_free_guidance(*e.chunk(2), scale=guidance) for m, e in both.items()}
-        if lookahead is not None: clean = {m: models[m].schedule.predict_x0(x[m], eps[m], int(t)) for m in outputs}
-        x = {m: samplers[m].step(eps[m], t, x[m]) for m in outputs}
-    return x
+    samplers = {m: make_sampler(sampler, models[m].schedule, steps) for m in outputs}   # each on its own schedule, all at the same t
+    clean = {}                                                            # predicted clean latents of the previous step
+    def denoise(x: dict[str, Tensor], tb: Tensor) -> dict[str, Tensor]:
+        t, eps = int(tb[0]), {}
+        for group in ([{m: x[m]} for m in outputs] if independent else [x]):   # alone, each model runs its plain path
+            env = None
+            if lookahead is not None and clean and len(group) > 1:
+                ahead = torch.full((b,), int(t * lookahead), dtype=torch.long, device=device)
+                env = joint.noised_environment({m: clean[m] for m in group}, ahead, generator)
+            eps |= guided_prediction(joint.predict_noise, group, tb, {m: conds[m] for m in group},
+                                     {m: torch.zeros_like(conds[m]) for m in group}, guidance, env=env)
+        if lookahead is not None: clean.update({m: models[m].schedule.predict_x0(x[m], eps[m], t) for m in outputs})
+        return eps
+    return sample_loop(denoise, {m: (b, *models[m].config.latent_shape) for m in outputs}, samplers,
+                       generator=generator, device=device, progress=progress)
 
 # %% ../nbs/17_joint_sampling.ipynb
 class JointGenerator(ComposableGenerator):
@@ -83,8 +69,9 @@ class JointGenerator(ComposableGenerator):
         "The book's tiny CoDi with its shipped joint layers."
         return cls(load_shipped('prompt_encoders'), ModalityCodecs.shipped(), JointDiffusion.shipped())
 
-    def generate_jointly(self, inputs: dict, outputs: Sequence[str], weights: dict | None = None, n: int = 1, steps: int = 50,
-                         sampler: str = 'ddim', guidance: float = 3.0, seed: int = 0, normalize: bool = True,
+    def generate_jointly(self, inputs: dict, outputs: Sequence[str], weights: dict | None = None, n: int = 1,
+                         steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
+                         seed: int = 0, normalize: bool = True,
                          independent: bool = False, progress: bool = False, lookahead: float | None | str = 'trained') -> dict[str, list]:
         "`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of `inputs`; {modality: samples}."
         outputs = parse_outputs(outputs)

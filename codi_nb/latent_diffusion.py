@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .schedule import NoiseSchedule
-from .samplers import DDIMSampler, DPMSolverMultistepSampler, sample_loop, classifier_free_guidance
+from .samplers import make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .unet import UNetConfig, UNetModel
 
 MODALITIES = ('text', 'image', 'video', 'audio')
@@ -23,10 +23,10 @@ from .prompt_encoders import PromptEncoders, toyworld_pairs
 from .toyworld import read_image, read_video, read_audio, read_text
 
 # %% auto 0
-__all__ = ['MODALITIES', 'SAMPLERS', 'READERS', 'TOYWORLD_LDM_RECIPES', 'import_object', 'config_class_of',
-           'LatentDiffusionConfig', 'make_sampler', 'LatentDiffusion', 'train_latent_diffusion', 'ModalityCodecs',
-           'read_factors', 'toyworld_diffusion_data', 'toyworld_diffusion_data_text', 'toyworld_ldm_config',
-           'train_toyworld_ldm', 'strict_coherence', 'generation_coherence']
+__all__ = ['MODALITIES', 'READERS', 'TOYWORLD_LDM_RECIPES', 'import_object', 'config_class_of', 'LatentDiffusionConfig',
+           'LatentDiffusion', 'train_latent_diffusion', 'ModalityCodecs', 'read_factors', 'toyworld_diffusion_data',
+           'toyworld_diffusion_data_text', 'toyworld_ldm_config', 'train_toyworld_ldm', 'strict_coherence',
+           'generation_coherence']
 
 # %% ../nbs/10_image_ldm.ipynb
 def import_object(path: str):
@@ -66,13 +66,6 @@ class LatentDiffusionConfig:
         if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got {self.condition_dropout}')
 
 # %% ../nbs/10_image_ldm.ipynb
-SAMPLERS = {'ddim': DDIMSampler, 'dpm': DPMSolverMultistepSampler}
-
-def make_sampler(name: str, schedule: NoiseSchedule, steps: int):
-    "'ddim' (CoDi's sampler, eta 0) or 'dpm' (DPM-Solver++ 2M) with `steps` steps."
-    if name not in SAMPLERS: raise ValueError(f'sampler must be one of {tuple(SAMPLERS)}, got {name!r}')
-    return SAMPLERS[name](schedule, steps)
-
 class LatentDiffusion(nn.Module):
     "A denoiser eps(z_t, t, c) on one modality's latents, conditioned by cross-attention on prompt vectors; trains with condition dropout and samples with classifier-free guidance."
     def __init__(self, config: LatentDiffusionConfig):
@@ -128,18 +121,16 @@ class LatentDiffusion(nn.Module):
         target = noise if self.config.prediction == 'epsilon' else self.schedule.velocity(latents, noise, t)
         return F.mse_loss(self(self.schedule.add_noise(latents, noise, t), t, cond), target)
 
-    def guided_denoiser(self, condition: Tensor, guidance: float = 3.0):
+    def guided_denoiser(self, condition: Tensor, guidance: float = DEFAULT_GUIDANCE):
         "eps(x, t) with classifier-free guidance: eps_u + guidance (eps_c - eps_u); the unconditional input is the zero vector."
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             cond = self.condition_tokens(condition, len(x))
-            if guidance == 1.0: return self.predict_noise(x, t, cond)
-            eps = self.predict_noise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.zeros_like(cond), cond]))
-            return classifier_free_guidance(*eps.chunk(2), scale=guidance)
+            return guided_prediction(self.predict_noise, x, t, cond, torch.zeros_like(cond), guidance)
         return denoise
 
     @torch.no_grad()
-    def sample(self, condition: Tensor, sampler: str = 'ddim', steps: int = 50, guidance: float = 3.0,
-               generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    def sample(self, condition: Tensor, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+               guidance: float = DEFAULT_GUIDANCE, generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
         "Latents (B, *latent_shape) for prompt vectors `condition` (B, D) (one sample per row)."
         cond = self.condition_tokens(condition, len(torch.as_tensor(condition).reshape(-1, self.config.condition_dim)))
         device = next(self.parameters()).device

@@ -159,7 +159,7 @@ class MultiDimFCBlock(FullyConnectedResBlock):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, second_dim: int, dropout: float = 0.0, groups: int = 32):
         super().__init__(channels * second_dim, emb_channels, out_channels * second_dim, dropout, groups)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, num_frames: int = 1) -> Tensor:
         b, c, s, _ = x.shape
         return super().forward(x.reshape(b, c * s, 1, 1), emb).reshape(b, -1, s, 1)
 
@@ -219,39 +219,26 @@ class ConnectorsMixin:
     def make_connector_input(self, ch: int) -> nn.Module: return nn.Conv2d(self.config.in_channels, ch, 3, padding=1)
     def make_connector_output(self, ch: int) -> nn.Module: return nn.Conv2d(ch, self.config.connector_dim, 3, padding=1)
 
-    # how a model's latents become (N, C, H, W) feature maps and back: overridden for video and text
-    def fold(self, x: Tensor) -> tuple[Tensor, int]: return x, 1
-    def unfold(self, out: Tensor, x: Tensor) -> Tensor: return out
-
     def environment(self, x: Tensor, timesteps: Tensor) -> Tensor:
         "The environment encoder's token for latents x: (B, 1, connector_dim), mean over positions and frames, unit length."
         h, frames = self.fold(x)
         timesteps = timesteps.repeat_interleave(frames)
         self.check_inputs(h, timesteps, None)
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(h.dtype))
-        for block in self.connecters_out: h = block(h, emb)
+        for block in self.connecters_out: h = block(h, emb, None, frames)
         return F.normalize(h.reshape(len(x), frames, h.shape[1], -1).mean((1, 3)), dim=-1)[:, None]
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None, env: Tensor | None = None) -> Tensor:
         "Noise prediction for x at timesteps (B,), attending to context (B, L, context_dim) and, if given, to env (B, 1, connector_dim)."
-        if timesteps.ndim != 1 or len(timesteps) != len(x): raise ValueError(f'timesteps must have shape ({len(x)},), got {tuple(timesteps.shape)}')
-        if env is not None and (env.ndim != 3 or len(env) != len(x) or env.shape[-1] != self.config.connector_dim):
+        if env is None: return super().forward(x, timesteps, context)
+        if env.ndim != 3 or len(env) != len(x) or env.shape[-1] != self.config.connector_dim:
             raise ValueError(f'env must have shape ({len(x)}, 1, {self.config.connector_dim}), got {tuple(env.shape)}')
-        h, frames = self.fold(x)
-        timesteps, context, env = [None if v is None else v.repeat_interleave(frames, 0) for v in (timesteps, context, env)]
-        self.check_inputs(h, timesteps, context)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(h.dtype))
-        skips = []
-        for block, connector in zip(self.input_blocks, self.input_block_connecters_in):
-            h = block(h, emb, context)
-            if connector is not None and env is not None: h = connector(h, emb, env)
-            skips.append(h)
-        h = self.middle_block(h, emb, context)
-        if self.config.first_skip_from_middle: skips[-1] = h
-        for block, connector in zip(self.output_blocks, self.output_block_connecters_in):
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
-            if connector is not None and env is not None: h = connector(h, emb, env)
-        return self.unfold(self.out(h), x)
+        connectors = {**{f'input_{i}': m for i, m in enumerate(self.input_block_connecters_in)},
+                      **{f'output_{i}': m for i, m in enumerate(self.output_block_connecters_in)}}
+        def connect(site: str, h: Tensor, frames: int) -> Tensor:     # chapter 03's hook after every block
+            connector = connectors[site]
+            return h if connector is None else connector(h, None, env.repeat_interleave(frames, 0))
+        return super().forward(x, timesteps, context, connect=connect)
 
 # %% ../nbs/18_official_codi.ipynb
 class OfficialAudioUNet(ConnectorsMixin, UNetModel):
@@ -271,15 +258,6 @@ class OfficialVideoUNet(ConnectorsMixin, VideoUNetModel):
         temporal = OfficialTemporalModule(ch_out, c.temporal_heads, ch_out // c.temporal_head_ratio, c.norm_groups, c.max_frames, c.frame_rate)
         return VideoResBlock(UNetModel.make_resblock(self, ch_in, ch_out), temporal)
 
-    def fold(self, x: Tensor) -> tuple[Tensor, int]:
-        if x.ndim not in (4, 5): raise ValueError(f'expected video latents (B, {self.config.in_channels}, F, H, W) or images (B, C, H, W), got {tuple(x.shape)}')
-        frames = x.shape[2] if x.ndim == 5 else 1
-        for m in self.modules():
-            if isinstance(m, VideoResBlock): m.num_frames = frames
-        return (x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x), frames
-
-    def unfold(self, out: Tensor, x: Tensor) -> Tensor:
-        return out.reshape(len(x), x.shape[2], *out.shape[1:]).transpose(1, 2) if x.ndim == 5 else out
 
 class OfficialTextUNet(ConnectorsMixin, TextUNetModel):
     "The released '0-D' text UNet (`unet_text`): latent vectors (B, D) as (B, C, second_dim, 1) features inside."
@@ -296,9 +274,6 @@ class OfficialTextUNet(ConnectorsMixin, TextUNetModel):
     def make_upsample(self, ch: int) -> nn.Module: return self.make_downsample(ch)
     def make_connector_input(self, ch: int) -> nn.Module: return MultiDimLinear(self.config.in_channels, 1, ch, self.config.second_dim)
     def make_connector_output(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim, self.config.connector_dim, 1)
-
-    def fold(self, x: Tensor) -> tuple[Tensor, int]: return (x[..., None, None] if x.ndim == 2 else x), 1
-    def unfold(self, out: Tensor, x: Tensor) -> Tensor: return out[..., 0, 0] if x.ndim == 2 else out
 
 # %% ../nbs/18_official_codi.ipynb
 @dataclass(frozen=True)

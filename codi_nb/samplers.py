@@ -11,8 +11,9 @@ from torch import Tensor
 from .schedule import NoiseSchedule
 
 # %% auto 0
-__all__ = ['leading_timesteps', 'linspace_timesteps', 'Sampler', 'DDPMSampler', 'DDIMSampler', 'DPMSolverMultistepSampler',
-           'sample_loop', 'classifier_free_guidance']
+__all__ = ['SAMPLERS', 'DEFAULT_SAMPLER', 'DEFAULT_STEPS', 'DEFAULT_GUIDANCE', 'RELEASE_GUIDANCE', 'leading_timesteps',
+           'linspace_timesteps', 'Sampler', 'DDPMSampler', 'DDIMSampler', 'DPMSolverMultistepSampler', 'make_sampler',
+           'sample_loop', 'classifier_free_guidance', 'guided_prediction']
 
 # %% ../nbs/02_samplers.ipynb
 def leading_timesteps(num_train_steps: int, num_steps: int, offset: int = 0) -> Tensor:
@@ -125,20 +126,44 @@ class DPMSolverMultistepSampler(Sampler):
         return x_next
 
 # %% ../nbs/02_samplers.ipynb
-def sample_loop(denoise_fn: Callable[[Tensor, Tensor], Tensor], shape: Sequence[int], sampler: Sampler,
-                generator: torch.Generator | None = None, device=None, x_T: Tensor | None = None,
-                progress: bool = False) -> Tensor:
-    "Sample from noise: for each timestep, x = sampler.step(denoise_fn(x, t_batch), t, x)."
-    x = x_T if x_T is not None else torch.randn(tuple(shape), generator=generator, device='cpu').to(device or 'cpu')
-    steps = sampler.timesteps
+SAMPLERS: dict[str, type[Sampler]] = {'ddim': DDIMSampler, 'dpm': DPMSolverMultistepSampler, 'ddpm': DDPMSampler}
+DEFAULT_SAMPLER, DEFAULT_STEPS = 'ddim', 50      # CoDi samples with DDIM (eta 0), 50 steps
+DEFAULT_GUIDANCE = 3.0                            # guidance scale of the book's tiny models
+RELEASE_GUIDANCE = 7.5                            # the released CoDi's guidance scale
+
+def make_sampler(name: str, schedule: NoiseSchedule, steps: int = DEFAULT_STEPS) -> Sampler:
+    "A fresh sampler `name` from `SAMPLERS` with `steps` steps on `schedule`."
+    if name not in SAMPLERS: raise ValueError(f'unknown sampler {name!r}: sampler must be one of {tuple(SAMPLERS)}')
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.num_train_steps:
+        raise ValueError(f'steps must be a whole number from 1 to {schedule.num_train_steps}, got {steps!r}')
+    return SAMPLERS[name](schedule, steps)
+
+# %% ../nbs/02_samplers.ipynb
+def sample_loop(denoise_fn: Callable, shape: Sequence[int] | dict, sampler: Sampler | dict,
+                generator: torch.Generator | None = None, device=None, x_T: Tensor | dict | None = None,
+                progress: bool = False) -> Tensor | dict:
+    """Sample from noise: for each timestep, x = sampler.step(denoise_fn(x, t_batch), t, x). With dicts {output: ...} for
+    `shape` and `sampler` (and `x_T`), several latents step together on the same timesteps and `denoise_fn` maps dicts to
+    dicts. The starting noise is drawn on the CPU from `generator`, output by output in the dict's order."""
+    several = isinstance(shape, dict)
+    shapes, samplers = (shape, sampler) if several else ({'x': shape}, {'x': sampler})
+    if not isinstance(samplers, dict) or list(samplers) != list(shapes):
+        raise ValueError(f'one sampler per output: shapes for {list(shapes)}, samplers for {list(samplers) if isinstance(samplers, dict) else samplers}')
+    if x_T is None: x = {k: torch.randn(tuple(s), generator=generator, device='cpu').to(device or 'cpu') for k, s in shapes.items()}
+    else: x = dict(x_T) if several else {'x': x_T}
+    steps = next(iter(samplers.values())).timesteps
+    if any(not torch.equal(s.timesteps, steps) for s in samplers.values()):
+        raise ValueError(f'every sampler of a joint loop must visit the same timesteps: {[len(s.timesteps) for s in samplers.values()]} steps')
     if progress:
         from tqdm.auto import tqdm
-        steps = tqdm(steps, desc=type(sampler).__name__)
+        steps = tqdm(steps, desc=type(next(iter(samplers.values()))).__name__)
     for t in steps:
-        t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        with torch.no_grad(): out = denoise_fn(x, t_batch)
-        x = sampler.step(out, t, x, generator=generator)
-    return x
+        first = next(iter(x.values()))
+        t_batch = torch.full((first.shape[0],), int(t), device=first.device, dtype=torch.long)
+        with torch.no_grad(): out = denoise_fn(x if several else x['x'], t_batch)
+        out = out if several else {'x': out}
+        x = {k: samplers[k].step(out[k], t, x[k], generator=generator) for k in x}
+    return x if several else x['x']
 
 # %% ../nbs/02_samplers.ipynb
 def classifier_free_guidance(eps_uncond: Tensor, eps_conds: Tensor | Sequence[Tensor],
@@ -155,3 +180,20 @@ def classifier_free_guidance(eps_uncond: Tensor, eps_conds: Tensor | Sequence[Te
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights): raise ValueError(f'weights must be non-negative with a positive sum, got {weights}')
     return eps_uncond + scale * sum((w / total) * (e - eps_uncond) for w, e in zip(weights, eps_conds))
+
+# %% ../nbs/02_samplers.ipynb
+def _twice(v):
+    "A tensor, or each tensor of a dict, repeated along the batch (None stays None)."
+    if v is None: return None
+    return {k: torch.cat([x, x]) for k, x in v.items()} if isinstance(v, dict) else torch.cat([v, v])
+
+def guided_prediction(predict: Callable, x, t: Tensor, condition, uncondition, scale: float = DEFAULT_GUIDANCE, **shared):
+    """Classifier-free guidance around `predict(x, t, condition, **shared)`: unconditional and conditional inputs in one
+    doubled batch, then eps_u + scale (eps_c - eps_u); scale 1 runs the conditional half alone. `x`, the conditions, the
+    `shared` values and the prediction may be tensors or dicts of tensors {output: ...}."""
+    if scale == 1.0: return predict(x, t, condition, **shared)
+    both_conditions = ({k: torch.cat([uncondition[k], c]) for k, c in condition.items()} if isinstance(condition, dict)
+                       else torch.cat([uncondition, condition]))
+    both = predict(_twice(x), torch.cat([t, t]), both_conditions, **{k: _twice(v) for k, v in shared.items()})
+    guide = lambda e: classifier_free_guidance(*e.chunk(2), scale=scale)
+    return {k: guide(e) for k, e in both.items()} if isinstance(both, dict) else guide(both)

@@ -39,7 +39,7 @@ class TextUNetModel(UNetModel):
     @property
     def downsampling_factor(self) -> int: return 1
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None) -> Tensor:
-        "Noise prediction for latent vectors (B, D) (or (B, D, 1, 1))."
-        if x.ndim == 2: return super().forward(x[..., None, None], timesteps, context)[..., 0, 0]
-        return super().forward(x, timesteps, context)
+    def fold(self, x: Tensor) -> tuple[Tensor, int]:
+        "Latent vectors (B, D) → (B, D, 1, 1) maps (maps pass as they are)."
+        return (x[..., None, None] if x.ndim == 2 else x), 1
+    def unfold(self, out: Tensor, x: Tensor) -> Tensor: return out[..., 0, 0] if x.ndim == 2 else out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math, os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
@@ -41,7 +42,8 @@ def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
     return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](*args, **kwargs)
 
 class TimestepBlock(nn.Module):
-    "A module whose forward takes the timestep embedding as a second argument."
+    "A module whose forward takes the timestep embedding, and the number of frames per clip, after its input."
+    def forward(self, x: Tensor, emb: Tensor, num_frames: int = 1) -> Tensor: raise NotImplementedError
 
 class ResBlock(TimestepBlock):
     "GroupNorm-SiLU-conv, add the projected timestep embedding, GroupNorm-SiLU-dropout-conv, plus skip."
@@ -55,7 +57,8 @@ class ResBlock(TimestepBlock):
                                         zero_module(conv_nd(dims, out_channels, out_channels, 3, padding=1)))
         self.skip_connection = nn.Identity() if out_channels == channels else conv_nd(dims, channels, out_channels, 1)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, num_frames: int = 1) -> Tensor:
+        "x (N, C, H, W), emb (N, emb_channels); each frame of a clip is one of the N maps, so `num_frames` changes nothing here."
         h = self.in_layers(x)
         e = self.emb_layers(emb).type(h.dtype)
         h = self.out_layers(h + e.reshape(e.shape + (1,) * (h.ndim - e.ndim)))
@@ -153,10 +156,10 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor: return self.conv(F.interpolate(x, scale_factor=2, mode='nearest'))
 
 class TimestepEmbedSequential(nn.Sequential):
-    "Sequential that passes the timestep embedding to TimestepBlocks and the context to transformers."
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:
+    "Sequential that passes the timestep embedding and frame count to TimestepBlocks and the context to transformers."
+    def forward(self, x: Tensor, emb: Tensor | None, context: Tensor | None = None, num_frames: int = 1) -> Tensor:
         for layer in self:
-            if isinstance(layer, TimestepBlock): x = layer(x, emb)
+            if isinstance(layer, TimestepBlock): x = layer(x, emb, num_frames)
             elif isinstance(layer, SpatialTransformer): x = layer(x, context)
             else: x = layer(x)
         return x
@@ -177,6 +180,7 @@ class UNetConfig:
     norm_groups: int = 32
     dropout: float = 0.0
     use_linear_proj: bool = False
+    first_skip_from_middle: bool = False  # the released joint code feeds output block 0 the middle block's output as its skip
 
     @classmethod
     def codi_image(cls) -> 'UNetConfig':
@@ -246,17 +250,38 @@ class UNetModel(nn.Module):
         if context is not None and (context.ndim != 3 or context.shape[0] != len(x) or context.shape[-1] != c.context_dim):
             raise ValueError(f'context must have shape ({len(x)}, L, {c.context_dim}), got {tuple(context.shape)}')
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None) -> Tensor:
-        "Predict the noise in x (B, C, H, W) at integer timesteps (B,), attending to context (B, L, context_dim)."
-        self.check_inputs(x, timesteps, context)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
-        h, skips = x, []
-        for block in self.input_blocks:
-            h = block(h, emb, context); skips.append(h)
-        h = self.middle_block(h, emb, context)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
-        return self.out(h)
+    # --- how latents become a batch of (N, C, H, W) feature maps and back: the video and text variants override these ---
+    def fold(self, x: Tensor) -> tuple[Tensor, int]:
+        "Latents → (feature maps, frames per item); an image is one frame."
+        return x, 1
+    def unfold(self, out: Tensor, x: Tensor) -> Tensor:
+        "The network's output maps → the shape of the latents `x`."
+        return out
+
+    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None,
+                connect: Callable[[str, Tensor, int], Tensor] | None = None) -> Tensor:
+        """Predict the noise in latents x at integer timesteps (B,), attending to context (B, L, context_dim).
+        `connect(site, h, num_frames)`, if given, may change the features after every block
+        ('input_0', ..., 'output_0', ...): the joint models plug their connectors in there."""
+        if timesteps.ndim != 1 or len(timesteps) != len(x):
+            raise ValueError(f'timesteps must have shape ({len(x)},), got {tuple(timesteps.shape)}')
+        h, frames = self.fold(x)
+        if frames > 1:                                                    # every frame of a clip is one map
+            timesteps = timesteps.repeat_interleave(frames)
+            context = None if context is None else context.repeat_interleave(frames, 0)
+        self.check_inputs(h, timesteps, context)
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(h.dtype))
+        skips = []
+        for i, block in enumerate(self.input_blocks):
+            h = block(h, emb, context, frames)
+            if connect is not None: h = connect(f'input_{i}', h, frames)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, frames)
+        if self.config.first_skip_from_middle: skips[-1] = h
+        for i, block in enumerate(self.output_blocks):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, frames)
+            if connect is not None: h = connect(f'output_{i}', h, frames)
+        return self.unfold(self.out(h), x)
 
 # %% ../nbs/03_unet.ipynb
 def find_reference_dir() -> Path | None:

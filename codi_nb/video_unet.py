@@ -85,11 +85,11 @@ class VideoResBlock(TimestepBlock):
     def __init__(self, resblock: ResBlock, temporal: TemporalModule):
         super().__init__()
         self.add_module('0', resblock); self.add_module('1', temporal)
-        self.num_frames = 1                       # set by VideoUNetModel.forward before each call
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, num_frames: int = 1) -> Tensor:
+        "x (B*F, C, H, W): the F frames of each clip consecutive; one frame is a still image."
         x = self._modules['0'](x, emb)
-        return x if self.num_frames == 1 else self._modules['1'](x, self.num_frames)
+        return x if num_frames == 1 else self._modules['1'](x, num_frames)
 
 # %% ../nbs/11_video_ldm.ipynb
 @dataclass
@@ -107,20 +107,15 @@ class VideoUNetModel(UNetModel):
         c = self.config
         return VideoResBlock(super().make_resblock(ch_in, ch_out), TemporalModule(ch_out, c.temporal_heads, c.norm_groups, c.max_frames))
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None) -> Tensor:
-        "Noise prediction for video latents (B, C, F, H, W) or image latents (B, C, H, W)."
-        if x.ndim == 4: frames = 1
-        elif x.ndim == 5: frames = x.shape[2]
-        else: raise ValueError(f'expected video latents (B, {self.config.in_channels}, F, H, W) or images (B, C, H, W), got {tuple(x.shape)}')
-        for m in self.modules():
-            if isinstance(m, VideoResBlock): m.num_frames = frames
-        if frames == 1 and x.ndim == 4: return super().forward(x, timesteps, context)
-        b = len(x)
-        flat = x.transpose(1, 2).flatten(0, 1)                              # (B*F, C, H, W)
-        if timesteps.ndim != 1 or len(timesteps) != b: raise ValueError(f'timesteps must have shape ({b},), got {tuple(timesteps.shape)}')
-        ctx = None if context is None else context.repeat_interleave(frames, 0)
-        out = super().forward(flat, timesteps.repeat_interleave(frames), ctx)
-        return out.reshape(b, frames, *out.shape[1:]).transpose(1, 2)
+    def fold(self, x: Tensor) -> tuple[Tensor, int]:
+        "Video latents (B, C, F, H, W) → (B*F, C, H, W) frames, F; image latents (B, C, H, W) are one frame."
+        if x.ndim == 4: return x, 1
+        if x.ndim != 5:
+            raise ValueError(f'expected video latents (B, {self.config.in_channels}, F, H, W) or images (B, C, H, W), got {tuple(x.shape)}')
+        return x.transpose(1, 2).flatten(0, 1), x.shape[2]
+
+    def unfold(self, out: Tensor, x: Tensor) -> Tensor:
+        return out.reshape(len(x), x.shape[2], *out.shape[1:]).transpose(1, 2) if x.ndim == 5 else out
 
 # %% ../nbs/11_video_ldm.ipynb
 def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: int = 2000, lr: float = 3e-4, batch_size: int = 64,
