@@ -32,7 +32,7 @@ setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['codi_nb', 'codi_nb.*']),
     include_package_data=True,
-    package_data={'codi_nb': ['weights/*.safetensors', 'weights/*.json', 'assets/*']},
+    package_data={'codi_nb': ['weights/*.safetensors', 'weights/*.json', 'assets/*', 'assets/codi-keys/*']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'official': official_requirements},
     python_requires='>=' + cfg['min_python'],

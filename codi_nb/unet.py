@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_unet.ipynb 2
 from __future__ import annotations
-import math, os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 # %% auto 0
-__all__ = ['timestep_embedding', 'GroupNorm32', 'normalization', 'zero_module', 'conv_nd', 'TimestepBlock', 'ResBlock',
-           'CrossAttention', 'GEGLU', 'FeedForward', 'BasicTransformerBlock', 'SpatialTransformer', 'Downsample',
-           'Upsample', 'TimestepEmbedSequential', 'UNetConfig', 'UNetModel', 'find_reference_dir', 'read_key_listing']
+__all__ = ['KEY_LISTINGS', 'timestep_embedding', 'GroupNorm32', 'normalization', 'zero_module', 'conv_nd', 'TimestepBlock',
+           'ResBlock', 'CrossAttention', 'GEGLU', 'FeedForward', 'BasicTransformerBlock', 'SpatialTransformer',
+           'Downsample', 'Upsample', 'TimestepEmbedSequential', 'UNetConfig', 'UNetModel', 'read_key_listing']
 
 # %% ../nbs/03_unet.ipynb
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -284,18 +284,14 @@ class UNetModel(nn.Module):
         return self.unfold(self.out(h), x)
 
 # %% ../nbs/03_unet.ipynb
-def find_reference_dir() -> Path | None:
-    "The official-CoDi reference folder (`shared/reference`): $CODI_SHARED/reference, or a `shared/` beside the repo or a parent."
-    candidates = [Path(os.environ['CODI_SHARED']) / 'reference'] if os.environ.get('CODI_SHARED') else []
-    here = Path.cwd().resolve()
-    candidates += [p / 'shared' / 'reference' for p in [here, *here.parents]]
-    return next((p for p in candidates if (p / 'codi-keys').is_dir()), None)
+import codi_nb
+KEY_LISTINGS = Path(codi_nb.__file__).resolve().parent / 'assets' / 'codi-keys'   # the released models' keys, shipped with the library
 
-def read_key_listing(name: str, strip_prefix: str = '') -> dict[str, tuple] | None:
-    "Official {key: shape} from `codi-keys/<name>.tsv` (prefix stripped), or None when the reference is absent."
-    ref = find_reference_dir()
-    if ref is None: return None
-    rows = (ref / 'codi-keys' / f'{name}.tsv').read_text().strip().splitlines()[1:]
+def read_key_listing(name: str, strip_prefix: str = '') -> dict[str, tuple]:
+    "Official {key: shape} of the released model `name` from `assets/codi-keys/<name>.tsv`, with `strip_prefix` removed."
+    path = KEY_LISTINGS / f'{name}.tsv'
+    if not path.exists(): raise FileNotFoundError(f'no key listing {path.name}; listings: {sorted(p.stem for p in KEY_LISTINGS.glob("*.tsv"))}')
+    rows = path.read_text().strip().splitlines()[1:]
     out = {}
     for row in rows:
         key, shape = row.split('\t')
