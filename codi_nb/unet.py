@@ -28,8 +28,10 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0)
 
 # %% ../nbs/03_unet.ipynb
 class GroupNorm32(nn.GroupNorm):
-    "GroupNorm computed in float32 (stable under fp16/bf16)."
-    def forward(self, x: Tensor) -> Tensor: return super().forward(x.float()).type(x.dtype)
+    "GroupNorm computed in float32 (stable under fp16/bf16), whatever the dtype of its input and of its own weights."
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = (None, None) if self.weight is None else (self.weight.float(), self.bias.float())
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 def normalization(channels: int, groups: int = 32) -> nn.Module: return GroupNorm32(groups, channels)
 
@@ -270,7 +272,9 @@ class UNetModel(nn.Module):
             timesteps = timesteps.repeat_interleave(frames)
             context = None if context is None else context.repeat_interleave(frames, 0)
         self.check_inputs(h, timesteps, context)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(h.dtype))
+        dtype = self.time_embed[0].weight.dtype                           # the model computes in its own dtype
+        h, context = h.to(dtype), None if context is None else context.to(dtype)
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         skips = []
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context, frames)
@@ -281,7 +285,7 @@ class UNetModel(nn.Module):
         for i, block in enumerate(self.output_blocks):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, frames)
             if connect is not None: h = connect(f'output_{i}', h, frames)
-        return self.unfold(self.out(h), x)
+        return self.unfold(self.out(h), x).to(x.dtype)                   # and answers in the latents' dtype
 
 # %% ../nbs/03_unet.ipynb
 import codi_nb

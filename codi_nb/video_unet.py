@@ -38,7 +38,7 @@ class RelativePositionBias(nn.Module):
         self.net = nn.Sequential(nn.Sequential(nn.Linear(1, hidden), nn.SiLU()), nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU()), nn.Linear(hidden, heads))
 
     def forward(self, num_frames: int, device=None) -> Tensor:
-        pos = torch.arange(num_frames, device=device, dtype=torch.float)
+        pos = torch.arange(num_frames, device=device, dtype=self.net[-1].weight.dtype)   # in the model's dtype
         offsets = (pos[:, None] - pos[None, :])[..., None]                   # (F, F, 1)
         return self.net(offsets).permute(2, 0, 1)                            # (heads, F, F)
 
