@@ -69,7 +69,7 @@ class JointConnector(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor, token_times: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
         """x (N, C, H, W) features; tokens (N, L, env_dim); token_times (L,) seconds, NaN for a timeless token (None: all
-        timeless); query_times (N, H) the time of every feature row, or None for a timeless map."""
+        timeless, and no time penalty); query_times (N, H) the time of every feature row, or None for a timeless map."""
         n, c, h, w = x.shape
         if tokens.ndim != 3 or len(tokens) != n: raise ValueError(f'tokens must be ({n}, L, env_dim), got {tuple(tokens.shape)}')
         q = self.norm(x).flatten(2).transpose(1, 2)                               # (N, HW, C)
@@ -82,7 +82,7 @@ class JointConnector(nn.Module):
         kv = tokens + key_pos
         split = lambda t: t.reshape(n, t.shape[1], self.heads, -1).transpose(1, 2)
         bias = None
-        if query_times is not None and bool(timed.any()):
+        if query_times is not None and token_times is not None:          # decided by the caller: no data-dependent branch
             dt = (query_times[:, :, None] - times.nan_to_num(0.0)).abs() * timed      # (N, HW, L)
             bias = -dt[:, None] * self.time_slope[:, None, None]                        # (N, heads, HW, L)
         out = F.scaled_dot_product_attention(split(self.to_q(q)), split(self.to_k(kv)), split(self.to_v(kv)), attn_mask=bias)
@@ -186,12 +186,13 @@ class JointDiffusion(nn.Module):
         times = self.encoders[modality].token_times()
         return torch.full((length,), float('nan')) if times is None else torch.as_tensor(times, dtype=torch.float32)
 
-    def partner_tokens(self, modality: str, env: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        "What `modality`'s connectors attend to, and the tokens' times: the other outputs' tokens ('other') or its own pooled token ('own')."
-        if self.config.wiring == 'own':
-            return F.normalize(env[modality].mean(1), dim=-1)[:, None], torch.full((1,), float('nan'))
+    def partner_tokens(self, modality: str, env: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        "What `modality`'s connectors attend to, and the tokens' times (None: all timeless): the other outputs' tokens ('other') or its own pooled token ('own')."
+        if self.config.wiring == 'own': return F.normalize(env[modality].mean(1), dim=-1)[:, None], None
         others = [m for m in env if m != modality]
-        return torch.cat([env[m] for m in others], 1), torch.cat([self.token_times(m, env[m].shape[1]) for m in others])
+        tokens = torch.cat([env[m] for m in others], 1)
+        if all(self.encoders[m].token_times() is None for m in others): return tokens, None   # all timeless
+        return tokens, torch.cat([self.token_times(m, env[m].shape[1]) for m in others])
 
     def query_times(self, modality: str, h: Tensor, frames: int) -> Tensor | None:
         "(N, H) seconds of each feature row of `modality`'s map h (N, C, H, W): a video frame's time, an audio row's time at this resolution; None for timeless modalities."

@@ -30,14 +30,15 @@ class NoiseSchedule:
         t = torch.as_tensor(t)
         if t.is_floating_point() or t.is_complex():
             raise TypeError(f'timesteps must be integers in [0, {self.num_train_steps - 1}], got dtype {t.dtype}')
-        if t.numel() and (t.min() < 0 or t.max() >= self.num_train_steps):
+        checkable = t.device.type == 'cpu' and not torch.compiler.is_compiling()   # on a GPU the check would stall it
+        if checkable and t.numel() and (t.min() < 0 or t.max() >= self.num_train_steps):
             raise ValueError(f'timesteps must lie in [0, {self.num_train_steps - 1}], got {t.min().item()}..{t.max().item()}')
         return t
 
     def _coef(self, values: Tensor, t, like: Tensor) -> Tensor:
         "values[t], shaped (B, 1, 1, ...) to broadcast against `like`, on its device and in its dtype."
-        t = self._check(t).to('cpu').long()
-        out = values[t].to(device=like.device, dtype=like.dtype)
+        t = self._check(t).long()
+        out = values.to(t.device)[t].to(device=like.device, dtype=like.dtype)   # looked up where t lives: no device-to-host copy
         return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
 
     def signal_and_noise(self, t, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,8 +55,8 @@ class NoiseSchedule:
     def snr(self, t) -> Tensor:
         "Signal-to-noise ratio abar / (1 - abar) at integer timesteps t."
         t = self._check(t)
-        abar = self.alphas_cumprod[t.to('cpu').long()]
-        return (abar / (1 - abar)).to(t.device)
+        abar = self.alphas_cumprod.to(t.device)[t.long()]
+        return abar / (1 - abar)
 
     def predict_x0(self, x_t: Tensor, eps: Tensor, t) -> Tensor:
         "Clean sample implied by a noise prediction."
