@@ -108,11 +108,12 @@ def checkpoint_name(cls: type | str) -> str:
     if isinstance(cls, str): return checkpoint_class(cls).__name__
     try: found = checkpoint_class(cls.__name__)
     except CheckpointError: found = None
-    if found is not cls:
-        raise CheckpointError(f'{cls.__module__}.{cls.__qualname__} is not a registered checkpoint class; add a '
-                              'codi_nb class to CHECKPOINT_CLASSES, or allow your own with '
-                              'register_checkpoint_class(Model, Config).')
-    return cls.__name__
+    # a notebook's own definition of a registered class (a chapter developing it) saves under the same name
+    if found is cls or (found is not None and cls.__module__ == '__main__' and cls.__qualname__ == found.__qualname__):
+        return cls.__name__
+    raise CheckpointError(f'{cls.__module__}.{cls.__qualname__} is not a registered checkpoint class; add a '
+                          'codi_nb class to CHECKPOINT_CLASSES, or allow your own with '
+                          'register_checkpoint_class(Model, Config).')
 
 # %% ../nbs/03a_checkpoints.ipynb
 FORMAT_VERSION = 2   # 1: classes named by import path, no hash; 2: registered short names and the weights' SHA-256
@@ -227,7 +228,7 @@ def list_shipped() -> list[str]:
 
 def load_shipped(name: str, device='cpu', dtype=None) -> nn.Module:
     "Load the shipped tiny checkpoint `name` (see `list_shipped()`)."
-    if not _files(shipped_path(name))[0].exists():
+    if name not in list_shipped():
         raise FileNotFoundError(f'no shipped checkpoint named {name!r}; shipped ones: {list_shipped()}. '
                                 'Each notebook that trains a model has a function that regenerates its checkpoint.')
     return load_pretrained(shipped_path(name), device=device, dtype=dtype)
