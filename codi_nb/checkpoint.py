@@ -4,14 +4,17 @@
 
 # %% ../nbs/03a_checkpoints.ipynb 2
 from __future__ import annotations
-import dataclasses, importlib, json
+import dataclasses, hashlib, importlib, json
 from pathlib import Path
 import torch
 from torch import nn
+from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 
 # %% auto 0
-__all__ = ['WEIGHTS_DIR', 'StateDictMismatch', 'compare_state_dict', 'check_state_dict', 'save_pretrained', 'read_config',
+__all__ = ['CHECKPOINT_CLASSES', 'CHECKPOINT_ALIASES', 'FORMAT_VERSION', 'WEIGHTS_DIR', 'StateDictMismatch', 'compare_state_dict',
+           'check_state_dict', 'CheckpointError', 'allowed_checkpoint_classes', 'register_checkpoint_class',
+           'checkpoint_class', 'checkpoint_name', 'file_sha256', 'check_finite', 'save_pretrained', 'read_config',
            'load_pretrained', 'shipped_path', 'list_shipped', 'load_shipped', 'count_parameters']
 
 # %% ../nbs/03a_checkpoints.ipynb
@@ -42,12 +45,78 @@ def check_state_dict(model: nn.Module, state: dict, source: str = 'state dict', 
                             + '\nCheck that the config matches the file, or that the file is complete.')
 
 # %% ../nbs/03a_checkpoints.ipynb
-def _class_path(obj) -> str: return f'{type(obj).__module__}.{type(obj).__qualname__}'
+# The one place to add a library class: short name -> the codi_nb module that defines it (imported only when needed).
+CHECKPOINT_CLASSES = {
+    'UNetConfig': 'unet', 'UNetModel': 'unet',
+    'VideoUNetConfig': 'video_unet', 'VideoUNetModel': 'video_unet',
+    'TextUNetConfig': 'text_unet', 'TextUNetModel': 'text_unet',
+    'AutoencoderConfig': 'image_vae', 'KLAutoencoder': 'image_vae',
+    'TextVAEConfig': 'text_vae', 'TextVAE': 'text_vae',
+    'PromptEncodersConfig': 'prompt_encoders', 'PromptEncoders': 'prompt_encoders',
+    'LatentDiffusionConfig': 'latent_diffusion', 'LatentDiffusion': 'latent_diffusion',
+    'EnvironmentEncoderConfig': 'environment', 'EnvironmentEncoder': 'environment',
+    'EnvironmentEncodersConfig': 'environment', 'EnvironmentEncoders': 'environment',
+    'JointConfig': 'joint', 'JointLayers': 'joint',
+    'OfficialUNetConfig': 'official.unets', 'OfficialAudioUNet': 'official.unets',
+    'OfficialVideoUNetConfig': 'official.unets', 'OfficialVideoUNet': 'official.unets',
+    'OfficialTextUNetConfig': 'official.unets', 'OfficialTextUNet': 'official.unets',
+}
 
-def _import_path(path: str):
-    module, _, name = path.rpartition('.')
-    try: return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e: raise ImportError(f'cannot import {path!r} named in the checkpoint config: {e}') from e
+# Files of format 1 name classes by import path; each such path maps to its short name, wherever the class lives now.
+CHECKPOINT_ALIASES = {path: path.rpartition('.')[2] for path in '''
+    codi_nb.unet.UNetConfig codi_nb.unet.UNetModel codi_nb.video_unet.VideoUNetConfig codi_nb.video_unet.VideoUNetModel
+    codi_nb.text_unet.TextUNetConfig codi_nb.text_unet.TextUNetModel
+    codi_nb.image_vae.AutoencoderConfig codi_nb.image_vae.KLAutoencoder
+    codi_nb.text_vae.TextVAEConfig codi_nb.text_vae.TextVAE
+    codi_nb.prompt_encoders.PromptEncodersConfig codi_nb.prompt_encoders.PromptEncoders
+    codi_nb.latent_diffusion.LatentDiffusionConfig codi_nb.latent_diffusion.LatentDiffusion
+    codi_nb.environment.EnvironmentEncoderConfig codi_nb.environment.EnvironmentEncoder
+    codi_nb.environment.EnvironmentEncodersConfig codi_nb.environment.EnvironmentEncoders
+    codi_nb.joint.JointConfig codi_nb.joint.JointLayers
+    codi_nb.official.OfficialUNetConfig codi_nb.official.OfficialAudioUNet
+    codi_nb.official.OfficialVideoUNetConfig codi_nb.official.OfficialVideoUNet
+    codi_nb.official.OfficialTextUNetConfig codi_nb.official.OfficialTextUNet'''.split()}
+
+_OWN_CLASSES: dict[str, type] = {}   # classes registered at run time by code (a reader's own models), never by a file
+
+class CheckpointError(ValueError):
+    "A checkpoint file that cannot be trusted or read: the message names the file and says what to do."
+
+def allowed_checkpoint_classes() -> list[str]:
+    "Every class name a checkpoint may use."
+    return sorted({**CHECKPOINT_CLASSES, **_OWN_CLASSES})
+
+def register_checkpoint_class(*classes: type):
+    "Allow checkpoints of your own `nn.Module` classes and their dataclass configs (by class name)."
+    for cls in classes:
+        if not isinstance(cls, type) or not (issubclass(cls, nn.Module) or dataclasses.is_dataclass(cls)):
+            raise TypeError(f'only nn.Module subclasses and dataclasses can be registered, got {cls!r}')
+        if cls.__name__ in CHECKPOINT_CLASSES: raise ValueError(f'{cls.__name__!r} is a codi_nb class; rename yours')
+        _OWN_CLASSES[cls.__name__] = cls
+
+def checkpoint_class(name: str, source: str = 'the checkpoint') -> type:
+    "The registered class called `name`: a short name, or an old import path listed in `CHECKPOINT_ALIASES`."
+    short = CHECKPOINT_ALIASES.get(name, name) if isinstance(name, str) else None
+    if short in _OWN_CLASSES: return _OWN_CLASSES[short]
+    if short not in CHECKPOINT_CLASSES:
+        raise CheckpointError(f'{source} names the class {name!r}, which is not a checkpoint class; allowed names: '
+                              f'{", ".join(allowed_checkpoint_classes())}. Save checkpoints with save_pretrained.')
+    return getattr(importlib.import_module(f'codi_nb.{CHECKPOINT_CLASSES[short]}'), short)
+
+def checkpoint_name(cls: type | str) -> str:
+    "The short name a checkpoint stores for `cls` (a class, a short name or an old import path)."
+    if isinstance(cls, str): return checkpoint_class(cls).__name__
+    try: found = checkpoint_class(cls.__name__)
+    except CheckpointError: found = None
+    # a notebook's own definition of a registered class (a chapter developing it) saves under the same name
+    if found is cls or (found is not None and cls.__module__ == '__main__' and cls.__qualname__ == found.__qualname__):
+        return cls.__name__
+    raise CheckpointError(f'{cls.__module__}.{cls.__qualname__} is not a registered checkpoint class; add a '
+                          'codi_nb class to CHECKPOINT_CLASSES, or allow your own with '
+                          'register_checkpoint_class(Model, Config).')
+
+# %% ../nbs/03a_checkpoints.ipynb
+FORMAT_VERSION = 2   # 1: classes named by import path, no hash; 2: registered short names and the weights' SHA-256
 
 def _tuplify(value):
     if isinstance(value, list): return tuple(_tuplify(v) for v in value)
@@ -59,35 +128,87 @@ def _files(path) -> tuple[Path, Path]:
     if path.suffix in ('.safetensors', '.json'): path = path.with_suffix('')
     return Path(f'{path}.safetensors'), Path(f'{path}.json')
 
+def file_sha256(path) -> str:
+    "Hex SHA-256 of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def check_finite(state: dict, source: str = 'state dict', max_listed: int = 10):
+    "Raise `CheckpointError` if a floating tensor of `state` holds NaN or infinity (names the tensors)."
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise CheckpointError(f'{source} holds NaN or infinite values in {len(bad)} tensors: {bad[:max_listed]}; '
+                                  'the training that wrote it diverged or the file is damaged. '
+                                  'Retrain, or re-download the checkpoint.')
+
 def save_pretrained(model: nn.Module, path, extra: dict | None = None) -> Path:
-    "Write `model` to `path.safetensors` (weights) and `path.json` (class + dataclass config + `extra` info)."
+    "Write `model` to `path.safetensors` (weights) and `path.json` (class names, dataclass config, SHA-256, `extra`)."
     config = getattr(model, 'config', None)
     if not dataclasses.is_dataclass(config):
         raise TypeError(f'{type(model).__name__} needs a dataclass `.config` to be saved; build it as Model(config).')
+    model_class, config_class = checkpoint_name(type(model)), checkpoint_name(type(config))
     weights, meta = _files(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to('cpu').clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={'model_class': _class_path(model)})
-    meta.write_text(json.dumps({'format': 'codi_nb', 'format_version': 1, 'model_class': _class_path(model),
-                                'config_class': _class_path(config), 'config': dataclasses.asdict(config),
-                                'extra': extra or {}}, indent=1))
+    check_finite(state, f'{type(model).__name__} to be saved at {weights}')
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(weights), metadata={'model_class': model_class})
+    meta.write_text(json.dumps({'format': 'codi_nb', 'format_version': FORMAT_VERSION, 'model_class': model_class,
+                                'config_class': config_class, 'config': dataclasses.asdict(config),
+                                'weights_sha256': file_sha256(weights), 'extra': extra or {}}, indent=1))
     return weights
 
-def read_config(path):
-    "The JSON side of a checkpoint: (config object, full metadata dict)."
+def _read(path) -> tuple[type, object, dict]:
+    "(model class, config, metadata) from a checkpoint's JSON; calls nothing but the registered config dataclass."
     _, meta_file = _files(path)
-    if not meta_file.exists(): raise FileNotFoundError(f'no checkpoint config at {meta_file}; save one with save_pretrained(model, path).')
-    meta = json.loads(meta_file.read_text())
-    config_cls = _import_path(meta['config_class'])
-    return config_cls(**_tuplify(meta['config'])), meta
+    if not meta_file.exists():
+        raise FileNotFoundError(f'no checkpoint config at {meta_file}; save one with save_pretrained(model, path).')
+    try: meta = json.loads(meta_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: meta = f'unreadable JSON ({e})'
+    keys = ('model_class', 'config_class', 'config')
+    if not isinstance(meta, dict) or meta.get('format') != 'codi_nb' or any(k not in meta for k in keys):
+        found = sorted(meta) if isinstance(meta, dict) else meta if isinstance(meta, str) else type(meta).__name__
+        raise CheckpointError(f'{meta_file} is not a codi_nb checkpoint config (it needs format "codi_nb" and {keys}; '
+                              f'found {found}). Point to a file written by save_pretrained, '
+                              'or re-save / re-download it.')
+    if meta.get('format_version', 1) not in (1, FORMAT_VERSION):
+        raise CheckpointError(f'{meta_file} has format_version {meta["format_version"]}; '
+                              f'this codi_nb reads 1 and {FORMAT_VERSION}. Update codi_nb.')
+    model_cls, config_cls = (checkpoint_class(meta[k], source=str(meta_file)) for k in ('model_class', 'config_class'))
+    if not (issubclass(model_cls, nn.Module) and dataclasses.is_dataclass(config_cls)):
+        raise CheckpointError(f'{meta_file}: model_class must name a model and config_class its dataclass config, '
+                              f'got {model_cls.__name__} and {config_cls.__name__}.')
+    config, fields = meta['config'], {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(config) - fields) if isinstance(config, dict) else ['(not a dict)']
+    if unknown: raise CheckpointError(f'{meta_file}: config keys {unknown} are not fields of {config_cls.__name__} '
+                                      f'({sorted(fields)}); the file does not match this codi_nb. '
+                                      'Re-save or re-download it.')
+    try: return model_cls, config_cls(**_tuplify(config)), meta
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{meta_file}: its config does not build a {config_cls.__name__}: {e}') from None
+
+def read_config(path):
+    "The JSON side of a checkpoint: (config object, full metadata dict). Only registered classes are looked up."
+    _, config, meta = _read(path)
+    return config, meta
 
 def load_pretrained(path, device: str | torch.device = 'cpu', dtype: torch.dtype | None = None) -> nn.Module:
-    "Rebuild the model saved at `path` (see `save_pretrained`), check every key and shape, load it in eval mode."
-    weights, _ = _files(path)
-    config, meta = read_config(path)
-    if not weights.exists(): raise FileNotFoundError(f'{weights} is missing (the .json is there); the checkpoint is incomplete.')
-    model = _import_path(meta['model_class'])(config)
-    state = load_file(str(weights))
+    "Rebuild the model saved at `path` (see `save_pretrained`): check hash, keys, shapes and finiteness; eval mode."
+    weights, meta_file = _files(path)
+    model_cls, config, meta = _read(path)
+    if not weights.exists():
+        raise FileNotFoundError(f'{weights} is missing (the .json is there); the checkpoint is incomplete.')
+    expected = meta.get('weights_sha256')
+    if expected is not None and file_sha256(weights) != expected:
+        raise CheckpointError(f'{weights} does not match the SHA-256 stored in {meta_file}: the weights are '
+                              'corrupted or were edited. Re-save the model with save_pretrained, '
+                              'or re-download / regenerate the checkpoint.')
+    try: state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f'{weights} is not a readable safetensors file ({e}): it is damaged or not a checkpoint. '
+                              'Re-save the model with save_pretrained, or re-download / regenerate it.') from None
+    check_finite(state, str(weights))
+    model = model_cls(config)
     check_state_dict(model, state, source=str(weights))
     model.load_state_dict(state)
     model.to(device=device, dtype=dtype)
@@ -107,7 +228,7 @@ def list_shipped() -> list[str]:
 
 def load_shipped(name: str, device='cpu', dtype=None) -> nn.Module:
     "Load the shipped tiny checkpoint `name` (see `list_shipped()`)."
-    if not _files(shipped_path(name))[0].exists():
+    if name not in list_shipped():
         raise FileNotFoundError(f'no shipped checkpoint named {name!r}; shipped ones: {list_shipped()}. '
                                 'Each notebook that trains a model has a function that regenerates its checkpoint.')
     return load_pretrained(shipped_path(name), device=device, dtype=dtype)

@@ -245,7 +245,7 @@ class JointDiffusion(nn.Module):
         models = models or {m: load_shipped(name) for m, name in c.base_models.items()}
         for m, mc in c.model_configs.items():
             if m not in models: raise ValueError(f'{path} joins a {m} model; give one in `models` (it was trained on {c.base_models[m]!r})')
-            if _plain(asdict(models[m].config)) != _plain(mc):
+            if _plain(asdict(models[m].config)) != _plain(asdict(LatentDiffusionConfig(**mc))):  # names, not paths
                 raise ValueError(f'the {m} model given is not the one {path} was trained on ({c.base_models[m]!r}): configs differ')
         joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels,
                     c.sampling_lookahead)

@@ -23,17 +23,13 @@ from .prompt_encoders import PromptEncoders, toyworld_pairs
 from .toyworld import read_image, read_video, read_audio, read_text
 
 # %% auto 0
-__all__ = ['MODALITIES', 'READERS', 'TOYWORLD_LDM_RECIPES', 'import_object', 'config_class_of', 'LatentDiffusionConfig',
-           'LatentDiffusion', 'train_latent_diffusion', 'ModalityCodecs', 'read_factors', 'toyworld_diffusion_data',
+__all__ = ['MODALITIES', 'READERS', 'TOYWORLD_LDM_RECIPES', 'config_class_of', 'LatentDiffusionConfig', 'LatentDiffusion',
+           'train_latent_diffusion', 'ModalityCodecs', 'read_factors', 'toyworld_diffusion_data',
            'toyworld_diffusion_data_text', 'toyworld_ldm_config', 'train_toyworld_ldm', 'strict_coherence',
            'generation_coherence']
 
 # %% ../nbs/10_image_ldm.ipynb
-def import_object(path: str):
-    "The object named by a dotted path such as 'codi_nb.unet.UNetModel'."
-    module, _, name = path.rpartition('.')
-    try: return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e: raise ImportError(f'cannot import {path!r}: {e}') from None
+from .checkpoint import checkpoint_class, checkpoint_name
 
 def config_class_of(model_class: type) -> type:
     "The dataclass a model class takes as its one `config` argument (read from its type hints)."
@@ -44,10 +40,10 @@ def config_class_of(model_class: type) -> type:
 # %% ../nbs/10_image_ldm.ipynb
 @dataclass
 class LatentDiffusionConfig:
-    "One modality's latent diffusion model: which denoiser (class path + its config fields), the latent's shape, the prompt space, the noise schedule."
+    "One modality's latent diffusion model: which denoiser (registered class name + its config fields), the latent's shape, the prompt space, the noise schedule."
     modality: str = 'image'
     latent_shape: tuple = (4, 8, 8)
-    denoiser_class: str = 'codi_nb.unet.UNetModel'
+    denoiser_class: str = 'UNetModel'                # a name registered in chapter 03a (CHECKPOINT_CLASSES)
     denoiser: dict = field(default_factory=dict)   # the denoiser's config fields
     condition_dim: int = 64
     condition_dropout: float = 0.1                   # fraction of training conditions replaced by the zero vector
@@ -62,6 +58,9 @@ class LatentDiffusionConfig:
         if self.prediction not in ('epsilon', 'v'): raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
         if self.timestep_density not in ('uniform', 'linear'): raise ValueError(f"timestep_density must be 'uniform' or 'linear', got {self.timestep_density!r}")
         if is_dataclass(self.denoiser): self.denoiser = asdict(self.denoiser)
+        self.denoiser_class = checkpoint_name(self.denoiser_class)  # a class, short name or old path → its short name
+        if not issubclass(checkpoint_class(self.denoiser_class), nn.Module):
+            raise ValueError(f'denoiser_class must name a model class, got the config class {self.denoiser_class!r}')
         self.latent_shape = tuple(self.latent_shape)
         if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got {self.condition_dropout}')
 
@@ -71,7 +70,7 @@ class LatentDiffusion(nn.Module):
     def __init__(self, config: LatentDiffusionConfig):
         super().__init__()
         self.config = c = config
-        denoiser_class = import_object(c.denoiser_class)
+        denoiser_class = checkpoint_class(c.denoiser_class)
         self.denoiser = denoiser_class(config_class_of(denoiser_class)(**c.denoiser))
         if getattr(self.denoiser.config, 'context_dim', c.condition_dim) != c.condition_dim:
             raise ValueError(f'the denoiser attends to {self.denoiser.config.context_dim}-d context, the prompt space has {c.condition_dim}')
