@@ -4,20 +4,19 @@
 
 # %% ../nbs/06_audio_codec.ipynb 2
 from __future__ import annotations
-import dataclasses, math, time
+import dataclasses, math
 import numpy as np
 from dataclasses import dataclass
 import torch
 from torch import nn
 import torch.nn.functional as F
 import torchaudio
-from .checkpoint import save_pretrained, load_shipped
-from .image_vae import AutoencoderConfig, KLAutoencoder, one_cycle, posterior_means
-from .toyworld import ToyWorldDataset
+from .checkpoint import load_shipped
+from .image_vae import AutoencoderConfig, KLAutoencoder
 
 # %% auto 0
-__all__ = ['LOUD_LEVEL', 'MelConfig', 'LogMel', 'GriffinLimVocoder', 'HiFiGANConfig', 'HiFiGANResBlock', 'HiFiGAN',
-           'tiny_audio_vae_config', 'AudioCodec', 'toyworld_sounds', 'train_audio_vae']
+__all__ = ['MelConfig', 'LogMel', 'GriffinLimVocoder', 'HiFiGANConfig', 'HiFiGANResBlock', 'HiFiGAN', 'tiny_audio_vae_config',
+           'AudioCodec']
 
 # %% ../nbs/06_audio_codec.ipynb
 @dataclass
@@ -230,40 +229,3 @@ class AudioCodec(nn.Module):
     def round_trip(self, wave) -> np.ndarray:
         "Waveform → mel → latent → mel → waveform."
         return self.decode(self.encode(wave))
-
-# %% ../nbs/06_audio_codec.ipynb
-def toyworld_sounds(n: int, seed: int = 0, split: str = 'train') -> tuple[np.ndarray, list[dict]]:
-    "`n` ToyWorld clips (n, 32000), half from text-audio pairs (beeps every 0.5 s), half from video-audio pairs (beeps at bounces), and their samples' factors and beep times."
-    halves = [ToyWorldDataset('text-audio', n - n // 2, seed, split), ToyWorldDataset('video-audio', n // 2, seed, split)]
-    items = [{'audio': s['audio'], 'factors': s['factors'], 'beep_times': s['beep_times']} for ds in halves for s in ds]
-    return np.stack([item.pop('audio') for item in items]), items
-
-LOUD_LEVEL = -8.0   # log-mel above this (about 3.5e-4 magnitude) is part of a beep; the floor is ln(1e-5) = -11.5
-
-def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000, lr: float = 2e-3, kl_weight: float = 1e-6,
-                    loud_weight: float = 10.0, seed: int = 0, config: AutoencoderConfig | None = None, save_to=None,
-                    log_every: int = 250) -> tuple[KLAutoencoder, list[float]]:
-    "Train the tiny mel VAE from scratch on ToyWorld sounds (L1 weighted `loud_weight`× on beeps + kl_weight·KL); set its scale factor; optionally save."
-    torch.manual_seed(seed)
-    start = time.process_time()
-    waves, _ = toyworld_sounds(n_clips, seed)
-    front = LogMel(MelConfig.tiny())
-    mels = torch.cat([front(torch.from_numpy(waves[i:i + 500])) for i in range(0, len(waves), 500)])
-    vae = KLAutoencoder(config or tiny_audio_vae_config())
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = one_cycle(opt, lr, steps)
-    g, losses = torch.Generator().manual_seed(seed), []
-    vae.train()
-    for step in range(steps):
-        x = mels[torch.randint(0, len(mels), (batch_size,), generator=g)]
-        recon, posterior = vae(x)
-        weight = 1.0 + (loud_weight - 1.0) * (x > LOUD_LEVEL).float()
-        loss = (weight * (recon - x).abs()).mean() + kl_weight * posterior.kl().mean()
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}', flush=True)
-    vae.eval()
-    vae.config.scale_factor = float(1.0 / posterior_means(vae, mels).std())
-    if save_to is not None:
-        save_pretrained(vae, save_to, extra={'recipe': f'train_audio_vae(steps={steps}, seed={seed})',
-                                             'cpu_seconds': round(time.process_time() - start, 1)})
-    return vae, losses

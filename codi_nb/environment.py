@@ -4,29 +4,19 @@
 
 # %% ../nbs/15_environment_encoders.ipynb 2
 from __future__ import annotations
-import copy, dataclasses, functools, math, time
+import math
 from dataclasses import dataclass, field, asdict, is_dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .unet import timestep_embedding, zero_module
-from .schedule import NoiseSchedule
-from .prompt_encoders import train_contrastive
-from .toyworld import ToyWorldDataset, FPS, AUDIO_SAMPLES
-from .bridging import class_recall_at_1
-from .checkpoint import save_pretrained
 
 ENVIRONMENT_DIM = 64
 
 # %% auto 0
-__all__ = ['ENVIRONMENT_DIM', 'TOKEN_AXES', 'STRIDES', 'PAPER_STAGES', 'TOYWORLD_KINDS', 'TOYWORLD_ENVIRONMENT_RECIPE',
-           'time_embedding', 'EnvironmentEncoderConfig', 'EnvironmentEncoder', 'EnvironmentEncodersConfig',
-           'EnvironmentEncoders', 'toyworld_environment_config', 'toyworld_environment_encoders',
-           'environment_alignment_loss', 'timing_alignment_loss', 'pair_kind', 'toyworld_environment_data', 'noisy',
-           'sample_timesteps', 'vary_beep_timing', 'silent_audio_row', 'copy_shared_weights',
-           'train_environment_encoders', 'train_toyworld_environment_encoders', 'rejoin_environment_encoder',
-           'environment_vectors', 'without_direction', 'environment_recalls', 'timing_peaks']
+__all__ = ['ENVIRONMENT_DIM', 'TOKEN_AXES', 'STRIDES', 'time_embedding', 'EnvironmentEncoderConfig', 'EnvironmentEncoder',
+           'EnvironmentEncodersConfig', 'EnvironmentEncoders', 'environment_alignment_loss', 'timing_alignment_loss']
 
 # %% ../nbs/15_environment_encoders.ipynb
 def time_embedding(seconds: Tensor, dim: int, min_period: float = 0.2, max_period: float = 16.0) -> Tensor:
@@ -138,20 +128,6 @@ class EnvironmentEncoders(nn.ModuleDict):
         self.config = config
 
 # %% ../nbs/15_environment_encoders.ipynb
-def toyworld_environment_config(modality: str) -> EnvironmentEncoderConfig:
-    "The book's tiny environment encoder for `modality` on the shipped codecs' latents."
-    if modality == 'text': return EnvironmentEncoderConfig('text', (32,))
-    if modality == 'image': return EnvironmentEncoderConfig('image', (4, 16, 16))
-    if modality == 'video': return EnvironmentEncoderConfig('video', (4, 8, 8, 8), seconds_per_token=0.25)   # 4 fps
-    if modality == 'audio': return EnvironmentEncoderConfig('audio', (4, 16, 16), seconds_per_token=0.125, first_token_seconds=0.0625)
-    raise ValueError(f'unknown modality {modality!r}; use one of {tuple(TOKEN_AXES)}')
-
-def toyworld_environment_encoders(modalities=('text', 'image', 'video', 'audio'), seed: int = 0) -> EnvironmentEncoders:
-    "Freshly initialised tiny environment encoders for ToyWorld (a dict-like module: encoders['video'] etc.)."
-    torch.manual_seed(seed)
-    return EnvironmentEncoders(EnvironmentEncodersConfig({m: toyworld_environment_config(m) for m in modalities}))
-
-# %% ../nbs/15_environment_encoders.ipynb
 def environment_alignment_loss(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
     "Symmetric InfoNCE: row i of `a` should pick row i of `b` among the batch, and vice versa (cosine / temperature)."
     if a.shape != b.shape or a.ndim != 2: raise ValueError(f'need two (B, D) batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}')
@@ -166,174 +142,3 @@ def timing_alignment_loss(queries: Tensor, query_times: Tensor, keys: Tensor, ke
     logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2) / temperature
     target = torch.softmax(-(query_times[:, None] - key_times[None]) ** 2 / (2 * width ** 2), dim=-1).to(logits)
     return -(target * logits.log_softmax(-1)).sum(-1).mean()
-
-# %% ../nbs/15_environment_encoders.ipynb
-PAPER_STAGES = (('text', 'image', ('text', 'image')), ('text', 'audio', ('audio',)), ('audio', 'video', ('video',)))
-TOYWORLD_KINDS = {('text', 'image'): 'text-image', ('text', 'audio'): 'text-audio', ('text', 'video'): 'text-video', ('audio', 'video'): 'video-audio'}
-
-def pair_kind(a: str, b: str) -> str:
-    "The ToyWorld pair kind holding modalities a and b (in either order)."
-    for key, kind in TOYWORLD_KINDS.items():
-        if {a, b} == set(key): return kind
-    raise ValueError(f'ToyWorld has no {a}-{b} pairs; it has {sorted(TOYWORLD_KINDS.values())}')
-
-def toyworld_environment_data(codecs, pairs=(('text', 'image'), ('text', 'audio'), ('audio', 'video')), n: int = 1000,
-                              seed: int = 0, split: str = 'train') -> dict:
-    "Clean latents of n ToyWorld pairs for each (a, b): {'a-b': {a: latents, b: latents, 'factors': [...], 'bounce_times': [...] (videos)}}."
-    out = {}
-    for a, b in pairs:
-        samples = list(ToyWorldDataset(pair_kind(a, b), n, seed, split))
-        media = {m: [s[m] for s in samples] if m == 'text' else np.stack([s[m] for s in samples]) for m in (a, b)}
-        out[f'{a}-{b}'] = {m: codecs.encode(m, x) for m, x in media.items()} | {'factors': [s['factors'] for s in samples]}
-        if 'video' in (a, b): out[f'{a}-{b}']['bounce_times'] = [s['bounce_times'] for s in samples]
-    return out
-
-# %% ../nbs/15_environment_encoders.ipynb
-def noisy(schedule: NoiseSchedule, latents: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    "z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps with fresh noise."
-    return schedule.add_noise(latents, torch.randn(latents.shape, generator=generator), t)
-
-def sample_timesteps(n: int, bias: float = 2.0, num_train_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
-    "n integer timesteps t = floor(T u^bias), u uniform: bias > 1 favours low and mid noise (bias 2: median t = T/4)."
-    return (num_train_steps * torch.rand(n, generator=generator) ** bias).long().clamp(max=num_train_steps - 1)
-
-def vary_beep_timing(latents: Tensor, silence: Tensor, keep: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    """Augment text-audio sounds (a beep at 0, 0.5, 1, 1.5 s: the start of each 4-row slot of the latent): silence each beep's slot
-    with probability 1 - keep (at least one beep stays), `silence` (C, M) being one latent row of a silent clip, then roll the
-    clip by a random number of rows. The caption still fits: 1-4 beeps at any time, as the sounds of bouncing videos have."""
-    if latents.ndim != 4 or latents.shape[2] != 16: raise ValueError(f'expects audio latents (B, C, 16, M), got {tuple(latents.shape)}')
-    b = len(latents)
-    slots = latents.unflatten(2, (4, 4))                                     # (B, C, slot, row in slot, M)
-    drop = torch.rand(b, 4, generator=generator) > keep
-    drop[torch.arange(b), torch.randint(0, 4, (b,), generator=generator)] = False
-    slots = torch.where(drop[:, None, :, None, None], silence.to(latents)[None, :, None, None], slots)
-    shifts = torch.randint(0, 16, (b,), generator=generator).tolist()
-    return torch.stack([x.roll(s, dims=1) for x, s in zip(slots.flatten(2, 3), shifts)])
-
-def silent_audio_row(codecs) -> Tensor:
-    "One latent row (C, M) of a silent ToyWorld clip (a middle row: away from the edges' padding)."
-    return codecs.encode('audio', torch.zeros(1, AUDIO_SAMPLES))[0, :, 8]
-
-def copy_shared_weights(source: nn.Module, target: nn.Module) -> list[str]:
-    "Copy every parameter `target` shares (same name and shape) with `source`; returns the names copied."
-    theirs, mine = source.state_dict(), target.state_dict()
-    shared = [k for k, v in mine.items() if k in theirs and theirs[k].shape == v.shape]
-    target.load_state_dict({k: theirs[k] for k in shared}, strict=False)
-    return shared
-
-def train_environment_encoders(encoders, data: dict, stages=PAPER_STAGES, steps=(1500, 1500, 1000), batch_size: int = 128,
-                               lr: float = 2e-3, temperature: float = 0.07, t_bias: float = 2.0, timing_weight: float = 0.5,
-                               init_from: dict | None = None, augment: dict | None = None, seed: int = 0, log_every: int = 0) -> dict[str, list[float]]:
-    """CoDi's linear-pairs recipe: each stage (a, b, trained) aligns V_a and V_b on noisy latents of a-b pairs (same t for both
-    sides), training only `trained`. When both sides have time, each trained side's tokens also learn `timing_alignment_loss`.
-    `init_from` {m: other}: before its first stage, m starts from other's shared weights (default: video from image).
-    `augment` {'a-b': {m: f}}: in stage a-b, m's clean latents pass through f(latents, generator=g) before the noise."""
-    if len(steps) != len(stages): raise ValueError(f'{len(stages)} stages need {len(stages)} step counts, got {len(steps)}')
-    init_from = {'video': 'image'} if init_from is None else init_from
-    augment = augment or {}
-    schedule, g, losses, started = NoiseSchedule(), torch.Generator().manual_seed(seed), {}, set()
-    for (a, b, trained), n_steps in zip(stages, steps):
-        key = f'{a}-{b}' if f'{a}-{b}' in data else f'{b}-{a}'
-        if key not in data: raise KeyError(f'no {a}-{b} pairs in data (keys: {list(data)}); build them with toyworld_environment_data')
-        pairs = data[key]
-        for m in set(trained) - started:
-            if m in init_from and init_from[m] in encoders: copy_shared_weights(encoders[init_from[m]], encoders[m])
-        started |= set(trained)
-        for m, enc in encoders.items(): enc.requires_grad_(m in trained).train(m in trained)
-        times = {m: encoders[m].token_times() for m in (a, b)}
-        def tokens(m, i, t):
-            z = pairs[m][i]
-            if m in augment.get(f'{a}-{b}', {}): z = augment[f'{a}-{b}'][m](z, generator=g)
-            with torch.set_grad_enabled(m in trained): return encoders[m](noisy(schedule, z, t, g), t)
-        def loss_of_batch(i):
-            t = sample_timesteps(len(i), t_bias, generator=g)
-            tok = {m: tokens(m, i, t) for m in (a, b)}
-            loss = environment_alignment_loss(tok[a].mean(1), tok[b].mean(1), temperature)
-            if timing_weight and times[a] is not None and times[b] is not None:
-                for q, k in ((a, b), (b, a)):
-                    if q in trained: loss = loss + timing_weight * timing_alignment_loss(tok[q], times[q], tok[k], times[k], temperature)
-            return loss
-        if log_every: print(f'stage {a}-{b}, training {list(trained)}')
-        losses[f'{a}-{b}'] = train_contrastive([p for m in trained for p in encoders[m].parameters()], loss_of_batch,
-                                               len(pairs[a]), n_steps, batch_size, lr, seed, log_every)
-    for enc in encoders.values(): enc.requires_grad_(True).eval()
-    return losses
-
-# %% ../nbs/15_environment_encoders.ipynb
-TOYWORLD_ENVIRONMENT_RECIPE = dict(n=(10000, 6000, 3000), steps=(1500, 1500, 1000), batch_size=128, lr=2e-3, t_bias=2.0, timing_weight=0.5,
-                                   keep_beeps=0.35)
-
-def train_toyworld_environment_encoders(seed: int = 0, codecs=None, save_to=None, log_every: int = 0, **overrides) -> EnvironmentEncoders:
-    "The shipped recipe (`TOYWORLD_ENVIRONMENT_RECIPE`, any entry overridable): encode the pairs of each stage, train in the paper's order, save in float16 if `save_to` is given."
-    from codi_nb.latent_diffusion import ModalityCodecs
-    recipe = {**TOYWORLD_ENVIRONMENT_RECIPE, **overrides}
-    codecs, start = codecs or ModalityCodecs.shipped(), time.process_time()
-    data = {}
-    for (a, b, _), n in zip(PAPER_STAGES, recipe['n']): data |= toyworld_environment_data(codecs, ((a, b),), n, seed)
-    encoders = toyworld_environment_encoders(seed=seed)
-    vary = functools.partial(vary_beep_timing, silence=silent_audio_row(codecs), keep=recipe['keep_beeps'])
-    losses = train_environment_encoders(encoders, data, PAPER_STAGES, recipe['steps'], recipe['batch_size'], recipe['lr'],
-                                        t_bias=recipe['t_bias'], timing_weight=recipe['timing_weight'],
-                                        augment={'text-audio': {'audio': vary}}, seed=seed, log_every=log_every)
-    if save_to is not None:                      # stored in float16; load_pretrained gives float32 back
-        curves = {k: [round(float(np.mean(v[i:i + 20])), 4) for i in range(0, len(v), 20)] for k, v in losses.items()}
-        save_pretrained(copy.deepcopy(encoders).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
-                        cpu_seconds=round(time.process_time() - start), loss_curves=curves))
-    return encoders
-
-# %% ../nbs/15_environment_encoders.ipynb
-def rejoin_environment_encoder(encoders, modality: str, data: dict, partner: str = 'text', steps: int = 1500, seed: int = 0,
-                               batch_size: int = 128, lr: float = 2e-3, **train_args) -> EnvironmentEncoders:
-    """New encoders: `modality`'s is fresh, for its current latents (`toyworld_environment_config`), and trained against the frozen
-    `partner` on `data` (one stage of the paper's order, no copying from other encoders); every other one is `encoders`'."""
-    fresh = toyworld_environment_encoders(tuple(encoders), seed=seed)
-    for m in encoders:
-        if m != modality: fresh[m].load_state_dict(encoders[m].state_dict())
-    train_environment_encoders(fresh, data, ((partner, modality, (modality,)),), (steps,), batch_size, lr, init_from={}, seed=seed, **train_args)
-    return fresh
-
-# %% ../nbs/15_environment_encoders.ipynb
-@torch.no_grad()
-def environment_vectors(encoder: EnvironmentEncoder, latents: Tensor, t: int, seed: int = 0, pooled: bool = True) -> Tensor:
-    "Pooled unit vectors (B, D), or the tokens (B, L, D), of `latents` noised to timestep t with seeded noise (t = 0: the clean latents)."
-    tt = torch.full((len(latents),), t, dtype=torch.long)
-    if t > 0: latents = noisy(NoiseSchedule(), latents, tt, torch.Generator().manual_seed(seed))
-    return encoder.pooled(latents, tt) if pooled else encoder(latents, tt)
-
-# %% ../nbs/15_environment_encoders.ipynb
-def without_direction(factors) -> list: return [dataclasses.replace(f, direction=None) for f in factors]
-
-def environment_recalls(encoders, data: dict, t: int = 0, seed: int = 0) -> dict[str, float]:
-    """Class-level top-1 retrieval in the shared space at timestep t, both ways, for the trained pairs (text-image, text-audio,
-    audio-video) and never-trained ones (image-audio, text-video, image-video), plus instance-level audio↔video (the exact clip)."""
-    vec = {(k, m): environment_vectors(encoders[m], d[m], t, seed + i) for i, (k, d) in enumerate(data.items()) for m in d if m in encoders}
-    fac = {k: d['factors'] for k, d in data.items()}
-    still = lambda k: without_direction(fac[k])
-    def both(qk, q, ck, c, qf=None, cf=None):
-        qf, cf = qf or fac[qk], cf or fac[ck]
-        return {f'{q}→{c}': class_recall_at_1(vec[qk, q], vec[ck, c], qf, cf), f'{c}→{q}': class_recall_at_1(vec[ck, c], vec[qk, q], cf, qf)}
-    out = both('text-image', 'text', 'text-image', 'image') | both('text-audio', 'text', 'text-audio', 'audio')
-    out |= both('audio-video', 'audio', 'audio-video', 'video', still('audio-video'), still('audio-video'))
-    out |= both('text-image', 'image', 'text-audio', 'audio') | both('text-video', 'text', 'text-video', 'video', still('text-video'), still('text-video'))
-    out |= both('text-image', 'image', 'text-video', 'video', cf=still('text-video'))
-    a, v = vec['audio-video', 'audio'], vec['audio-video', 'video']
-    out['audio→video (same clip)'] = float(((a @ v.T).argmax(1) == torch.arange(len(a))).float().mean())
-    return out
-
-# %% ../nbs/15_environment_encoders.ipynb
-@torch.no_grad()
-def timing_peaks(encoders, pairs: dict, t: int = 0, tolerance: float = 0.15, seed: int = 0) -> dict[str, float]:
-    """For each bounce (before frame 6.5) of audio-video pairs {'video', 'audio', 'bounce_times'}: is the audio token most similar
-    to the video token of the bounce's nearest frame within `tolerance` s of the bounce? 'bounce frame': that rate; 'far frame':
-    the same with the token of a frame 2+ frames from every bounce (control); 'chance': a random audio row."""
-    v = F.normalize(environment_vectors(encoders['video'], pairs['video'], t, seed, pooled=False), dim=-1)
-    a = F.normalize(environment_vectors(encoders['audio'], pairs['audio'], t, seed + 1, pooled=False), dim=-1)
-    times, rates = encoders['audio'].token_times(), {'bounce frame': [], 'far frame': [], 'chance': []}
-    for i, bounces in enumerate(pairs['bounce_times']):
-        far = [k for k in range(v.shape[1]) if all(abs(k - b) >= 2 for b in bounces)]
-        for b in (b for b in bounces if b < 6.5):
-            near = (times - b / FPS).abs() <= tolerance
-            rates['chance'].append(near.float().mean().item())
-            rates['bounce frame'].append(near[(a[i] @ v[i, round(b)]).argmax()].item())
-            if far: rates['far frame'].append(near[(a[i] @ v[i, far[len(far) // 2]]).argmax()].item())
-    return {k: float(np.mean(r)) for k, r in rates.items()} | {'bounces': len(rates['chance'])}

@@ -4,20 +4,15 @@
 
 # %% ../nbs/05_image_vae.ipynb 2
 from __future__ import annotations
-import time
 from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .checkpoint import save_pretrained, shipped_path
-from .toyworld import ToyWorldDataset
 
 # %% auto 0
-__all__ = ['FOREGROUND_LEVEL', 'AutoencoderConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder',
-           'DiagonalGaussian', 'KLAutoencoder', 'images_to_tensor', 'tensor_to_images', 'encode_to_latent',
-           'decode_from_latent', 'toyworld_images', 'reconstruction_loss', 'posterior_means', 'warmup_cosine',
-           'one_cycle', 'train_image_vae', 'tune_decoder']
+__all__ = ['AutoencoderConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'DiagonalGaussian',
+           'KLAutoencoder', 'images_to_tensor', 'tensor_to_images', 'encode_to_latent', 'decode_from_latent']
 
 # %% ../nbs/05_image_vae.ipynb
 @dataclass
@@ -240,81 +235,3 @@ def decode_from_latent(vae: KLAutoencoder, latents: Tensor) -> np.ndarray:
     z = latents.transpose(1, 2).flatten(0, 1) if video else latents
     images = tensor_to_images(vae.decode(z / vae.config.scale_factor))
     return images.reshape(latents.shape[0], latents.shape[2], *images.shape[1:]) if video else images
-
-# %% ../nbs/05_image_vae.ipynb
-def toyworld_images(n: int, seed: int = 0, split: str = 'train') -> np.ndarray:
-    "n ToyWorld images, uint8 (n, 32, 32, 3)."
-    data = ToyWorldDataset('text-image', n, seed=seed, split=split)
-    return np.stack([data[i]['image'] for i in range(n)])
-
-FOREGROUND_LEVEL = 60 / 127.5 - 1.0   # the oracle's foreground threshold (max channel > 60), in [-1, 1] units
-
-def reconstruction_loss(recon: Tensor, x: Tensor, edge_weight: float = 1.0, edge_margin: float = 0.1) -> Tensor:
-    "L1 plus `edge_weight` times a hinge that keeps every pixel `edge_margin` on the right side of the oracle's foreground threshold."
-    side = 2.0 * (x.amax(dim=1) > FOREGROUND_LEVEL).float() - 1.0          # +1 on the shape, -1 on the background
-    hinge = F.relu(edge_margin - side * (recon.amax(dim=1) - FOREGROUND_LEVEL)).mean()
-    return (recon - x).abs().mean() + edge_weight * hinge
-
-@torch.no_grad()
-def posterior_means(vae: KLAutoencoder, images: Tensor, batch_size: int = 256) -> Tensor:
-    "Unscaled posterior means of `vae` for its float inputs (B, C, H, W): images in [-1, 1], or log-mel images (chapter 06); encoded in batches."
-    return torch.cat([vae.encode(images[i:i + batch_size]).mode() for i in range(0, len(images), batch_size)])
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    "Linear warm-up over `warmup` steps (default: the first 5 % of `steps`; at least 1), then cosine decay to zero at `steps`."
-    warmup = max(1, steps // 20 if warmup is None else warmup)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
-
-def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.OneCycleLR:
-    "PyTorch's one-cycle schedule: warm-up over a fraction `warmup` of the steps (at least 2 steps), then cosine decay; refuses steps < 3."
-    if steps < 3: raise ValueError(f'steps must be at least 3 (the one-cycle schedule needs a warm-up and a decay), got {steps}')
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=max(warmup, 2 / steps))
-
-def train_image_vae(steps: int = 2500, batch_size: int = 32, n_images: int = 8000, lr: float = 2e-3, kl_weight: float = 1e-6,
-                    edge_weight: float = 1.0, edge_margin: float = 0.1, seed: int = 0, config: AutoencoderConfig | None = None, save_to=None, log_every: int = 250):
-    "Train the tiny image VAE from scratch on ToyWorld images (L1 + edge_weight * foreground hinge + kl_weight * KL); set its scale factor; optionally save."
-    torch.manual_seed(seed)
-    images = images_to_tensor(toyworld_images(n_images, seed=seed))
-    vae = KLAutoencoder(config or AutoencoderConfig.tiny_image())
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, steps)
-    g, losses, start = torch.Generator().manual_seed(seed), [], time.process_time()
-    vae.train()
-    for step in range(steps):
-        x = images[torch.randint(0, len(images), (batch_size,), generator=g)]
-        recon, posterior = vae(x)
-        loss = reconstruction_loss(recon, x, edge_weight, edge_margin) + kl_weight * posterior.kl().mean()
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}')
-    vae.eval()
-    vae.config.scale_factor = float(1.0 / posterior_means(vae, images).std())
-    if save_to is not None: save_pretrained(vae, save_to, extra={'steps': steps, 'seed': seed, 'cpu_seconds': time.process_time() - start})
-    return vae, losses
-
-# %% ../nbs/05_image_vae.ipynb
-def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.0, batch_size: int = 64, n_images: int = 8000,
-                 lr: float = 5e-4, seed: int = 1, save_to=None, extra: dict | None = None, log_every: int = 0) -> list[float]:
-    """Fine-tune the decoder (and post_quant_conv) of `vae` in place to reconstruct ToyWorld images from their scaled latents plus
-    Gaussian noise of std ~ U(0, latent_noise); the encoder and scale factor are untouched. Same loss as `train_image_vae` without the KL."""
-    torch.manual_seed(seed)
-    images = images_to_tensor(toyworld_images(n_images, seed=seed))
-    vae.eval()
-    latents = posterior_means(vae, images)
-    opt = torch.optim.AdamW([*vae.decoder.parameters(), *vae.post_quant_conv.parameters()], lr=lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, steps)
-    g, losses, start = torch.Generator().manual_seed(seed), [], time.process_time()
-    vae.decoder.train()
-    for step in range(steps):
-        index = torch.randint(0, len(images), (batch_size,), generator=g)
-        sigma = torch.rand(batch_size, 1, 1, 1, generator=g) * latent_noise / vae.config.scale_factor   # in unscaled latent units
-        z = latents[index]
-        recon = vae.decode(z + sigma * torch.randn(z.shape, generator=g))
-        loss = reconstruction_loss(recon, images[index])
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}')
-    vae.eval()
-    if save_to is not None:
-        tuning = dict(steps=steps, latent_noise=latent_noise, batch_size=batch_size, n_images=n_images, lr=lr, seed=seed,
-                      cpu_seconds=round(time.process_time() - start))
-        save_pretrained(vae, save_to, extra={**(extra or {}), 'decoder_tuning': tuning})
-    return losses

@@ -13,18 +13,11 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from .unet import UNetConfig, GroupNorm32, zero_module
 from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig, ModalityCodecs, MODALITIES
-from .image_vae import one_cycle
 from .checkpoint import load_shipped, save_pretrained, load_pretrained, shipped_path, list_shipped
 from .environment import EnvironmentEncoder, EnvironmentEncoderConfig, time_embedding, environment_alignment_loss
-from .environment import toyworld_environment_encoders
-from .prompt_encoders import PromptEncoders, toyworld_pairs
-from .toyworld import PAIR_KINDS, make_caption
 
 # %% auto 0
-__all__ = ['WIRINGS', 'TOYWORLD_JOINT_STAGES', 'TOYWORLD_JOINT_RECIPE', 'TOYWORLD_CONNECTOR_LEVELS', 'connector_sites',
-           'JointConnector', 'check_lookahead', 'JointConfig', 'JointLayers', 'JointDiffusion', 'set_trainable',
-           'train_joint_stage', 'pair_kind', 'toyworld_joint_data', 'toyworld_start_encoders', 'train_toyworld_joint',
-           'rejoin_joint_modality']
+__all__ = ['WIRINGS', 'connector_sites', 'JointConnector', 'check_lookahead', 'JointConfig', 'JointLayers', 'JointDiffusion']
 
 # %% ../nbs/16_joint_training.ipynb
 def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> dict[str, int]:
@@ -293,139 +286,3 @@ class JointDiffusion(nn.Module):
              generator: torch.Generator | None = None, lookahead: float | None = None) -> Tensor:
         "The sum of `loss_parts`: the pair's denoising losses plus the weighted alignment loss."
         return sum(self.loss_parts(latents, conditions, trainable, alignment_weight, generator, lookahead).values())
-
-# %% ../nbs/16_joint_training.ipynb
-def set_trainable(joint: JointDiffusion, train: set[str], connectors_only: set[str] = frozenset()) -> list[nn.Parameter]:
-    "Freeze everything but the connectors and environment encoders of `train` (and only the connectors of `connectors_only`); returns the trainable parameters."
-    unknown = (set(train) | set(connectors_only)) - set(joint.models)
-    if unknown: raise ValueError(f'cannot train {sorted(unknown)}: this joint model has {sorted(joint.models)}')
-    joint.requires_grad_(False)
-    for m in train: joint.encoders[m].requires_grad_(True)
-    for m in set(train) | set(connectors_only): joint.connectors[m].requires_grad_(True)
-    return [p for p in joint.parameters() if p.requires_grad]
-
-def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, steps: int, train: set[str],
-                      connectors_only: set[str] = frozenset(), batch_size: int = 16, lr: float = 1e-3, alignment_weight: float = 0.1,
-                      seed: int = 0, log_every: int = 0, lookahead: float | None = None) -> dict[str, list[float]]:
-    """One stage of the paper's order: train the connectors and environment encoders of `train` on `pair` examples, the rest
-    frozen (`lookahead`: see `JointDiffusion.loss_parts`). `data`: {'latents': {m: (N, ...)}, 'conditions': {m: (N, S, D)}, 'mix': (S,)}: each step draws one of the S condition
-    sources per example (the same for both sides). Returns the loss per step, in total and per part, and seconds per step."""
-    pair = tuple(pair)
-    if len(pair) != 2 or not set(pair) <= set(data['latents']): raise ValueError(f"pair must name two modalities of data['latents'] ({sorted(data['latents'])}), got {pair}")
-    if not set(train) <= set(pair) or not train: raise ValueError(f'train must be a non-empty subset of the pair {pair}, got {sorted(train)}')
-    n = len(data['latents'][pair[0]])
-    mix = torch.as_tensor(data.get('mix', [1.0]), dtype=torch.float)
-    params = set_trainable(joint, train, connectors_only)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = one_cycle(optimizer, lr, steps)
-    generator = torch.Generator().manual_seed(seed)
-    joint.train(); history, start = {'loss': []}, time.time()
-    for step in range(steps):
-        index = torch.randint(0, n, (batch_size,), generator=generator)
-        source = torch.multinomial(mix, batch_size, replacement=True, generator=generator)
-        latents = {m: data['latents'][m][index] for m in pair}
-        conditions = {m: data['conditions'][m][index, source] for m in pair}
-        parts = joint.loss_parts(latents, conditions, set(train), alignment_weight, generator, lookahead)
-        loss = sum(parts.values())
-        optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
-        history['loss'].append(loss.item())
-        for k, v in parts.items(): history.setdefault(k, []).append(v.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f'{"-".join(pair)} step {step + 1}: loss {np.mean(history["loss"][-log_every:]):.4f} ({time.time() - start:.0f} s)', flush=True)
-    joint.requires_grad_(False).eval()
-    history['seconds_per_step'] = (time.time() - start) / max(steps, 1)
-    return history
-
-# %% ../nbs/16_joint_training.ipynb
-def pair_kind(pair: Sequence[str]) -> str:
-    "The ToyWorld pair kind that holds both modalities of `pair` (in any order)."
-    for kind in PAIR_KINDS:
-        if set(kind.split('-')) == set(pair) and len(set(pair)) == 2: return kind
-    raise ValueError(f'ToyWorld has no {"-".join(pair)} pairs; pair kinds are {PAIR_KINDS}')
-
-def toyworld_joint_data(pair: Sequence[str], n: int, prompt_encoders: PromptEncoders | None = None, codecs: ModalityCodecs | None = None,
-                        seed: int = 0, split: str = 'train', mix: Sequence[float] = (0.75, 0.25)) -> dict:
-    """Latents of both sides of `n` ToyWorld pairs and two condition sources per example: text-X pairs are conditioned on the
-    caption's prompt vector or (source 1) on X's own vector, both sides alike; video-audio pairs carry no caption, so source 0 is a
-    caption written from the clip's factors and source 1 the partner's vector (video on the audio's, audio on the video's)."""
-    kind = pair_kind(pair)
-    prompt_encoders = prompt_encoders or load_shipped('prompt_encoders'); codecs = codecs or ModalityCodecs.shipped()
-    data = toyworld_pairs(kind, n, seed, split)
-    first, second = kind.split('-')
-    latents = {m: codecs.encode(m, data[m]).contiguous() for m in (first, second)}   # the image codec returns channels-last strides
-    with torch.no_grad():
-        if first == 'text':
-            vectors = prompt_encoders.encode({'text': data['text'], second: data[second]})
-            sources = torch.stack([vectors['text'], vectors[second]], 1)
-            conditions = {first: sources, second: sources}
-        else:
-            rng = np.random.default_rng(seed)
-            captions = [make_caption(f, rng, 'video') for f in data['factors']]
-            vectors = prompt_encoders.encode({'text': captions, first: data[first], second: data[second]})
-            conditions = {first: torch.stack([vectors['text'], vectors[second]], 1), second: torch.stack([vectors['text'], vectors[first]], 1)}
-    return dict(latents=latents, conditions=conditions, mix=tuple(mix), factors=data['factors'], data=data)
-
-# %% ../nbs/16_joint_training.ipynb
-TOYWORLD_JOINT_STAGES = (
-    dict(pair=('text', 'image'), train=('text', 'image')),                        # both sides learn
-    dict(pair=('text', 'audio'), train=('audio',)),                               # text frozen
-    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',), steps=3000, lookahead=0.5),  # audio's encoder frozen, its connectors learn timing, reading the video half-way ahead
-)
-
-TOYWORLD_JOINT_RECIPE = dict(n=4000, steps=1500, batch_size=16, lr=1e-3, alignment_weight=0.1)   # steps: where the stage names none (a `steps=` override sets all)
-TOYWORLD_CONNECTOR_LEVELS = {'audio': (0, 1, 2)}     # the audio UNet gets connectors at every level, down to its 1/8 s rows
-
-def toyworld_start_encoders() -> dict[str, EnvironmentEncoder]:
-    "The shipped environment encoders of chapter 15 (trained in the paper's order); fresh ones if none are shipped."
-    if 'environment_encoders' not in list_shipped(): return dict(toyworld_environment_encoders().items())
-    return dict(load_shipped('environment_encoders').items())
-
-def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other', stages: Sequence[dict] = TOYWORLD_JOINT_STAGES,
-                         encoders: dict | None = None, connector_levels: dict | None = TOYWORLD_CONNECTOR_LEVELS, log_every: int = 0,
-                         **overrides) -> tuple[JointDiffusion, list[dict]]:
-    "The book's joint model: the shipped LDMs and environment encoders, then `stages` in order with `TOYWORLD_JOINT_RECIPE` (any entry overridable); saved if `save_to` is given."
-    recipe = {**TOYWORLD_JOINT_RECIPE, **overrides}
-    start = time.process_time()
-    models = {m: load_shipped(f'{m}_ldm') for m in MODALITIES}
-    torch.manual_seed(seed)                      # the connectors' initial weights
-    lookaheads = [s['lookahead'] for s in stages if s.get('lookahead') is not None]
-    joint = JointDiffusion(models, encoders or toyworld_start_encoders(), wiring, connector_levels=connector_levels,
-                           sampling_lookahead=lookaheads[-1] if lookaheads else None)   # sample the way the last look-ahead stage trained
-    prompt_encoders, codecs, histories = load_shipped('prompt_encoders'), ModalityCodecs.shipped(), []
-    for i, stage in enumerate(stages):
-        data = toyworld_joint_data(stage['pair'], recipe['n'], prompt_encoders, codecs, seed + i)
-        torch.manual_seed(seed + i)
-        histories.append(train_joint_stage(joint, stage['pair'], data, overrides.get('steps', stage.get('steps', recipe['steps'])), set(stage['train']), set(stage.get('connectors_only', ())),
-                                           recipe['batch_size'], recipe['lr'], recipe['alignment_weight'], seed + i, log_every, stage.get('lookahead')))
-    if save_to is not None:
-        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: v if isinstance(v, (int, float)) else list(v) for k, v in s.items()} for s in stages], seed=seed,
-                                       final_losses=[{k: float(np.mean(v[-100:])) for k, v in h.items() if isinstance(v, list)} for h in histories],
-                                       seconds_per_step=[h['seconds_per_step'] for h in histories], cpu_seconds=round(time.process_time() - start)))
-    return joint, histories
-
-# %% ../nbs/16_joint_training.ipynb
-def rejoin_joint_modality(previous, modality: str, encoder: EnvironmentEncoder, partner: str = 'text', steps: int | None = None, seed: int = 0,
-                          save_to=None, log_every: int = 0, **overrides) -> tuple[JointDiffusion, dict]:
-    """Joint layers saved at `previous` (a path), moved to the shipped `{modality}_ldm`: every other modality's encoder and connectors
-    are kept, `modality` gets `encoder` and fresh connectors, trained on `partner`-`modality` pairs with `partner` frozen
-    (`TOYWORLD_JOINT_RECIPE`, any entry overridable); saved if `save_to` is given."""
-    recipe, start = {**TOYWORLD_JOINT_RECIPE, **overrides}, time.process_time()
-    old = load_pretrained(previous)
-    c = old.config
-    models = {m: load_shipped(name) for m, name in c.base_models.items()}
-    encoders = {m: encoder if m == modality else old.encoders[m] for m in c.model_configs}
-    torch.manual_seed(seed)                      # the fresh connectors' initial weights
-    joint = JointDiffusion(models, encoders, c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels, c.sampling_lookahead)
-    kept = {k: v for k, v in old.state_dict().items() if not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.'))}
-    missing, unexpected = joint.layers.load_state_dict(kept, strict=False)
-    if unexpected or any(not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.')) for k in missing):
-        raise ValueError(f'{previous} does not fit the shipped models apart from {modality}: unexpected {unexpected[:3]}, missing {missing[:3]}')
-    pair = (partner, modality)
-    data = toyworld_joint_data(pair, recipe['n'], load_shipped('prompt_encoders'), ModalityCodecs.shipped(), seed)
-    history = train_joint_stage(joint, pair, data, steps or recipe['steps'], {modality}, set(), recipe['batch_size'], recipe['lr'],
-                                recipe['alignment_weight'], seed, log_every)
-    if save_to is not None:
-        joint.save(save_to, extra=dict(rejoined=modality, partner=partner, recipe=recipe, steps=steps or recipe['steps'], seed=seed,
-                                       final_losses={k: float(np.mean(v[-100:])) for k, v in history.items() if isinstance(v, list)},
-                                       seconds_per_step=history['seconds_per_step'], cpu_seconds=round(time.process_time() - start)))
-    return joint, history

@@ -4,21 +4,19 @@
 
 # %% ../nbs/17_joint_sampling.ipynb 2
 from __future__ import annotations
-import time
 from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
 from .checkpoint import load_shipped
-from .latent_diffusion import ModalityCodecs, MODALITIES, read_factors, strict_coherence
+from .latent_diffusion import ModalityCodecs, MODALITIES
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, make_sampler, sample_loop, guided_prediction
 from .prompt_encoders import PromptEncoders
 from .composable import ComposableGenerator, parse_outputs
 from .joint import JointDiffusion, check_lookahead
-from .toyworld import sync_score, coherence          # coherence: chapter 04's agreement of two oracle readings
 
 # %% auto 0
-__all__ = ['sample_jointly', 'JointGenerator', 'joint_coherence']
+__all__ = ['sample_jointly', 'JointGenerator']
 
 # %% ../nbs/17_joint_sampling.ipynb
 def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
@@ -83,31 +81,3 @@ class JointGenerator(ComposableGenerator):
         latents = sample_jointly(self.joint, {m: cond for m in outputs}, sampler, steps, guidance,
                                  torch.Generator().manual_seed(seed), independent, progress, lookahead)
         return {m: list(self.codecs.decode(m, latents[m])) for m in outputs}
-
-# %% ../nbs/17_joint_sampling.ipynb
-def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, outputs: Sequence[str], sampler: str = 'ddim',
-                    steps: int = 50, guidance: float = 3.0, seed: int = 0, independent: bool = False, batch_size: int = 32,
-                    lookahead: float | None | str = 'trained') -> dict:
-    """Generate `outputs` together for each caption and score them with the oracle: per output, the fraction with every factor the
-    caption carries right ('video' includes direction); 'all': every output right; 'sync' (video with audio): mean sync score;
-    'cross' (image with audio): the image's shape, color and size agree with the sound's; seconds per sample."""
-    outputs = parse_outputs(outputs)
-    conds = generator.encoders.encode({'text': list(captions)})['text']
-    samples, start = {m: [] for m in outputs}, time.time()
-    g = torch.Generator().manual_seed(seed)
-    for i in range(0, len(conds), batch_size):
-        latents = sample_jointly(generator.joint, {m: conds[i:i + batch_size] for m in outputs}, sampler, steps, guidance, g, independent,
-                                 lookahead=lookahead)
-        for m in outputs: samples[m] += list(generator.codecs.decode(m, latents[m]))
-    seconds = (time.time() - start) / len(conds)
-    readings = {m: read_factors(m, samples[m]) for m in outputs}
-    truths = [t.as_dict() if hasattr(t, 'as_dict') else dict(t) for t in truths]
-    right = {m: [strict_coherence({k: v for k, v in t.items() if v is not None and (k != 'direction' or m == 'video')}, r)
-                 for t, r in zip(truths, readings[m])] for m in outputs}
-    out = {m: float(np.mean(right[m])) for m in outputs}
-    out['all'] = float(np.mean([all(right[m][i] for m in outputs) for i in range(len(truths))]))
-    if {'video', 'audio'} <= set(outputs):
-        out['sync'] = float(np.mean([sync_score(v, a) for v, a in zip(samples['video'], samples['audio'])]))
-    if {'image', 'audio'} <= set(outputs):
-        out['cross'] = float(np.mean([coherence(i, a) for i, a in zip(readings['image'], readings['audio'])]))
-    return out | {'seconds_per_sample': seconds, 'samples': samples}

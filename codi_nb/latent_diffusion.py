@@ -17,16 +17,11 @@ from .unet import UNetConfig, UNetModel
 
 MODALITIES = ('text', 'image', 'video', 'audio')
 from .checkpoint import load_shipped
-from .image_vae import encode_to_latent, decode_from_latent, one_cycle
+from .image_vae import encode_to_latent, decode_from_latent
 from .audio_codec import AudioCodec
-from .prompt_encoders import PromptEncoders, toyworld_pairs
-from .toyworld import read_image, read_video, read_audio, read_text
 
 # %% auto 0
-__all__ = ['MODALITIES', 'READERS', 'TOYWORLD_LDM_RECIPES', 'config_class_of', 'LatentDiffusionConfig', 'LatentDiffusion',
-           'train_latent_diffusion', 'ModalityCodecs', 'read_factors', 'toyworld_diffusion_data',
-           'toyworld_diffusion_data_text', 'toyworld_ldm_config', 'train_toyworld_ldm', 'strict_coherence',
-           'generation_coherence']
+__all__ = ['MODALITIES', 'config_class_of', 'LatentDiffusionConfig', 'LatentDiffusion', 'ModalityCodecs']
 
 # %% ../nbs/10_image_ldm.ipynb
 from .checkpoint import checkpoint_class, checkpoint_name
@@ -137,38 +132,6 @@ class LatentDiffusion(nn.Module):
                            make_sampler(sampler, self.schedule, steps), generator=generator, device=device, progress=progress)
 
 # %% ../nbs/10_image_ldm.ipynb
-def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: Tensor | Sequence[Tensor],
-                           mix: Sequence[float] | None = None, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3,
-                           warmup: float = 0.05, ema_decay: float = 0.999, seed: int = 0, log_every: int = 0) -> list[float]:
-    """Train `model` on (latent, condition) pairs; `conditions` may be several (N, D) tensors (e.g. the caption's and the
-    medium's own prompt vectors), one drawn per example with probabilities `mix`. AdamW with one-cycle (warm-up + cosine)
-    learning rate; the weights end as their exponential moving average. Returns the loss per step."""
-    conditions = [conditions] if isinstance(conditions, Tensor) else list(conditions)
-    if any(len(c) != len(latents) for c in conditions): raise ValueError('every conditions tensor needs one row per latent')
-    mix = torch.tensor([1.0] * len(conditions) if mix is None else list(mix), dtype=torch.float)
-    if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0: raise ValueError(f'mix needs {len(conditions)} non-negative weights')
-    stacked = torch.stack(conditions, 1)                           # (N, sources, D)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = one_cycle(optimizer, lr, steps, warmup)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    model.train(); losses, start = [], time.time()
-    for step in range(steps):
-        index = torch.randint(0, len(latents), (batch_size,), generator=generator)
-        source = torch.multinomial(mix, batch_size, replacement=True, generator=generator)
-        loss = model.loss(latents[index], stacked[index, source], generator=generator)
-        optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))      # short memory early on, so the start is forgotten
-            for e, p in zip(ema.parameters(), model.parameters()): e.lerp_(p, 1 - decay)
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f} s)', flush=True)
-    model.load_state_dict(ema.state_dict())
-    return losses
-
-# %% ../nbs/10_image_ldm.ipynb
 class ModalityCodecs:
     """Media ↔ diffusion latents for every modality: image VAE (images), video VAE (videos, frame by frame; the image VAE
     if none is given, as in the official CoDi), mel codec (audio), text VAE (captions)."""
@@ -200,110 +163,3 @@ class ModalityCodecs:
         if modality == 'text': return self.text_vae.decode_text(latents)
         if modality == 'audio': return self.audio_codec.decode(latents)
         return decode_from_latent(self.autoencoder_for(modality), latents)
-
-READERS = {'image': read_image, 'video': read_video, 'audio': read_audio, 'text': read_text}
-
-def read_factors(modality: str, outputs) -> list[dict]:
-    "The ToyWorld oracle's reading of every generated output."
-    return [READERS[modality](x) for x in outputs]
-
-# %% ../nbs/10_image_ldm.ipynb
-def toyworld_diffusion_data(modality: str, n: int, encoders: PromptEncoders, codecs: ModalityCodecs, seed: int = 0,
-                            split: str = 'train') -> dict:
-    """Training pairs for one modality's LDM: latents of the medium and prompt vectors of its partners. Image, video and
-    audio come from text-X pairs (conditions: the caption's and the medium's own vectors); text comes from text-image,
-    text-audio and text-video pairs (conditions: the caption's own and its partner medium's vectors)."""
-    if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
-    if modality != 'text':
-        pairs = toyworld_pairs(f'text-{modality}', n, seed, split)
-        prompts = encoders.encode({'text': pairs['text'], modality: pairs[modality]})
-        return dict(latents=codecs.encode(modality, pairs[modality]), conditions=[prompts['text'], prompts[modality]],
-                    factors=pairs['factors'], data=pairs)
-    parts = [toyworld_diffusion_data_text(kind, n // 3 + (i < n % 3), encoders, codecs, seed, split)
-             for i, kind in enumerate(('image', 'audio', 'video'))]
-    return dict(latents=torch.cat([p['latents'] for p in parts]),
-                conditions=[torch.cat([p['conditions'][j] for p in parts]) for j in range(2)],
-                factors=sum((p['factors'] for p in parts), []), data=[p['data'] for p in parts])
-
-def toyworld_diffusion_data_text(partner: str, n: int, encoders: PromptEncoders, codecs: ModalityCodecs, seed: int, split: str) -> dict:
-    "Caption latents from text-`partner` pairs, with the caption's and the partner medium's prompt vectors."
-    pairs = toyworld_pairs(f'text-{partner}', n, seed, split)
-    prompts = encoders.encode({'text': pairs['text'], partner: pairs[partner]})
-    return dict(latents=codecs.encode('text', pairs['text']), conditions=[prompts['text'], prompts[partner]],
-                factors=pairs['factors'], data=pairs)
-
-# %% ../nbs/10_image_ldm.ipynb
-def toyworld_ldm_config(modality: str) -> LatentDiffusionConfig:
-    "The book's tiny LDM for `modality` on the shipped codecs' latents, conditioned on the 64-d shared prompt space."
-    common = dict(out_channels=4, num_res_blocks=1, num_heads=4, context_dim=64, norm_groups=16)
-    if modality == 'image':
-        return LatentDiffusionConfig('image', (4, 16, 16), 'codi_nb.unet.UNetModel',
-                                     dict(common, in_channels=4, model_channels=48, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
-    if modality == 'audio':
-        return LatentDiffusionConfig('audio', (4, 16, 16), 'codi_nb.unet.UNetModel',
-                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
-    if modality == 'video':                      # velocity, on a schedule that ends in (almost) pure noise, trained more on the noisiest steps: chapter 11
-        return LatentDiffusionConfig('video', (4, 8, 8, 8), 'codi_nb.video_unet.VideoUNetModel',
-                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2), attention_levels=(0, 1)),
-                                     beta_end=0.035, prediction='v', timestep_density='linear')
-    if modality == 'text':
-        return LatentDiffusionConfig('text', (32,), 'codi_nb.text_unet.TextUNetModel',
-                                     dict(common, in_channels=32, out_channels=32, model_channels=96, channel_mult=(1, 2), attention_levels=(1,), norm_groups=4))
-    raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
-
-# per modality: training pairs, steps, batch size, and how often the condition is the caption's vector vs the partner's;
-# `stages`: trained in order, each from the weights of the one before, with its steps, peak lr, seed offset and changes to the final config
-TOYWORLD_LDM_RECIPES = {
-    'image': dict(n=8000, batch_size=64, mix=(0.75, 0.25), stages=(
-        dict(steps=3000, lr=1e-3), dict(steps=1000, lr=3e-4, seed_offset=5), dict(steps=1000, lr=3e-4, seed_offset=5))),  # two short restarts at a lower peak
-    'audio': dict(n=8000, steps=3000, batch_size=64, mix=(0.75, 0.25)),
-    'video': dict(n=4000, batch_size=16, mix=(0.75, 0.25), stages=(
-        dict(steps=3000, lr=1e-3, prediction='epsilon', beta_end=0.012, timestep_density='uniform'),   # CoDi's schedule and output
-        dict(steps=4000, lr=5e-4, timestep_density='uniform'),        # velocity, ending in pure noise: the axis of motion follows the prompt
-        dict(steps=3000, lr=3e-4))),                                  # more of the noisiest steps: so does its sign
-    'text': dict(n=9000, steps=6000, batch_size=128, mix=(0.25, 0.75)),
-}
-
-def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | None = None, codecs: ModalityCodecs | None = None,
-                       save_to=None, log_every: int = 0, config: LatentDiffusionConfig | None = None, **overrides) -> LatentDiffusion:
-    "The recipe of a shipped tiny LDM (`TOYWORLD_LDM_RECIPES[modality]`, any entry overridable; `config` replaces `toyworld_ldm_config(modality)`); saves it if `save_to` is given."
-    from codi_nb.checkpoint import save_pretrained
-    recipe = {**TOYWORLD_LDM_RECIPES[modality], **overrides}
-    encoders = encoders or load_shipped('prompt_encoders'); codecs = codecs or ModalityCodecs.shipped()
-    start = time.process_time()
-    data = toyworld_diffusion_data(modality, recipe['n'], encoders, codecs, seed)
-    torch.manual_seed(seed)
-    config, model, losses = config or toyworld_ldm_config(modality), None, []
-    for stage in recipe.get('stages') or (dict(steps=recipe['steps']),):
-        changes = {k: v for k, v in stage.items() if k not in ('steps', 'lr', 'seed_offset')}
-        previous, model = model, LatentDiffusion(replace(config, **changes))
-        if previous is not None: model.load_state_dict(previous.state_dict())   # same weights; the schedule comes from the config
-        losses += train_latent_diffusion(model, data['latents'], data['conditions'], recipe['mix'], stage['steps'],
-                                         recipe['batch_size'], lr=stage.get('lr', 1e-3), seed=seed + stage.get('seed_offset', 0), log_every=log_every)
-    model.eval()
-    if save_to is not None:                      # stored in float16 (half the size); load_pretrained gives float32 back
-        save_pretrained(copy.deepcopy(model).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
-                        final_loss=float(np.mean(losses[-100:])), cpu_seconds=round(time.process_time() - start)))
-    return model
-
-# %% ../nbs/10_image_ldm.ipynb
-def strict_coherence(truth, reading: dict) -> bool:
-    "Every factor the truth carries is read, and read right (a caption that leaves out the color is wrong)."
-    t = truth.as_dict() if hasattr(truth, 'as_dict') else dict(truth)
-    return all(reading.get(k) == v for k, v in t.items())
-
-def generation_coherence(model: LatentDiffusion, codecs: ModalityCodecs, conditions: Tensor, truths, sampler: str = 'ddim',
-                         steps: int = 50, guidance: float = 3.0, seed: int = 0, batch_size: int = 64) -> dict:
-    "Generate one output per condition row and score it with the oracle: per-factor accuracy, 'all' (every factor of the truth right) and seconds per sample."
-    generator, outputs, start = torch.Generator().manual_seed(seed), [], time.time()
-    for i in range(0, len(conditions), batch_size):
-        latents = model.sample(conditions[i:i + batch_size], sampler, steps, guidance, generator=generator)
-        outputs += list(codecs.decode(model.config.modality, latents))
-    seconds = (time.time() - start) / len(conditions)
-    readings = read_factors(model.config.modality, outputs)
-    truths = [t.as_dict() if hasattr(t, 'as_dict') else dict(t) for t in truths]
-    if model.config.modality != 'video': truths = [{k: v for k, v in t.items() if k != 'direction'} for t in truths]
-    out = {k: float(np.mean([r.get(k) == t[k] for t, r in zip(truths, readings) if k in t])) for k in ('shape', 'color', 'size', 'direction')
-           if any(k in t for t in truths)}
-    out['all'] = float(np.mean([strict_coherence(t, r) for t, r in zip(truths, readings)]))
-    return out | {'seconds_per_sample': seconds, 'outputs': outputs}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_prompt_encoders.ipynb 2
 from __future__ import annotations
-import copy, dataclasses
+import copy
 from dataclasses import dataclass
 from collections.abc import Sequence
 import numpy as np
@@ -13,21 +13,15 @@ from torch import nn
 import torch.nn.functional as F
 import open_clip
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from .toyworld import IMAGE_SIZE, NUM_FRAMES, ToyWorldDataset, sample_factors, make_caption
-from .text_vae import toyworld_vocabulary, split_words
+from .text_vae import split_words
 from .audio_codec import LogMel, MelConfig
-from .image_vae import warmup_cosine
 
 # %% auto 0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'MODALITIES', 'toyworld_caption_words', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip',
-           'codi_clip', 'images_for_clip', 'contrastive_loss', 'toyworld_pairs', 'toyworld_paraphrases',
-           'train_contrastive', 'VideoEncoder', 'AudioEncoder', 'PromptEncodersConfig', 'PromptEncoders', 'train_clip']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'MODALITIES', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip', 'codi_clip',
+           'images_for_clip', 'contrastive_loss', 'VideoEncoder', 'AudioEncoder', 'PromptEncodersConfig',
+           'PromptEncoders']
 
 # %% ../nbs/08_prompt_encoders.ipynb
-def toyworld_caption_words() -> tuple[str, ...]:
-    "Every word ToyWorld captions use (the text VAE's vocabulary without its special tokens)."
-    return tuple(w for w in toyworld_vocabulary() if not w.startswith('['))
-
 class PromptTokenizer:
     "Word-level CLIP tokenizer: [PAD]=0, [UNK]=1, the words, then [SOT] and [EOT] as the two highest ids (CLIP pools at the highest id)."
     def __init__(self, words: Sequence[str], context_length: int = 16):
@@ -35,11 +29,6 @@ class PromptTokenizer:
         self.vocab = ('[PAD]', '[UNK]') + self.words + ('[SOT]', '[EOT]')
         self.ids = {w: i for i, w in enumerate(self.vocab)}
         self.context_length = context_length
-
-    @classmethod
-    def toyworld(cls, context_length: int = 16) -> PromptTokenizer:
-        "A tokenizer over `toyworld_caption_words()`."
-        return cls(toyworld_caption_words(), context_length)
 
     def __len__(self): return len(self.vocab)
 
@@ -64,9 +53,9 @@ class PromptEncoderConfig:
     layers: int = 2
     heads: int = 2
     patch_size: int = 8
-    image_size: int = IMAGE_SIZE
+    image_size: int = 32          # ToyWorld's images
     context_length: int = 16
-    frames: int = NUM_FRAMES
+    frames: int = 8               # ToyWorld's clips
     temporal_layers: int = 1
     audio_channels: int = 32
 
@@ -97,42 +86,6 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor
     logits = logit_scale.exp().clamp(max=100) * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
     target = torch.arange(len(a), device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-def toyworld_pairs(kind: str, n: int, seed: int = 0, split: str = 'train') -> dict:
-    "Both sides of `n` ToyWorld pairs of `kind` as batches (captions as a list, media as tensors), plus their factors."
-    samples = list(ToyWorldDataset(kind, n, seed, split))
-    out = {'factors': [s['factors'] for s in samples]}
-    for modality in kind.split('-'):
-        values = [s[modality] for s in samples]
-        out[modality] = values if modality == 'text' else torch.from_numpy(np.stack(values))
-    return out
-
-def toyworld_paraphrases(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    "n pairs of captions naming the same scene in other words (synonyms, templates, caption kinds); a moving scene's partner is, half the time, a caption of the still scene."
-    rng, first, second = np.random.default_rng(seed), [], []
-    pick = lambda kinds: kinds[int(rng.integers(len(kinds)))]
-    for _ in range(n):
-        factors = sample_factors(rng, with_direction=bool(rng.random() < 0.5))
-        if factors.direction is None:
-            first.append(make_caption(factors, rng, pick(('image', 'audio')))); second.append(make_caption(factors, rng, pick(('image', 'audio'))))
-            continue
-        first.append(make_caption(factors, rng, 'video'))
-        still = dataclasses.replace(factors, direction=None)
-        second.append(make_caption(factors, rng, 'video') if rng.random() < 0.5 else make_caption(still, rng, pick(('image', 'audio'))))
-    return first, second
-
-def train_contrastive(parameters, loss_of_batch, n: int, steps: int, batch_size: int, lr: float, seed: int = 0,
-                      log_every: int = 0) -> list[float]:
-    "AdamW with linear warm-up and cosine decay; each step calls `loss_of_batch(indices)` on random indices into n pairs."
-    parameters = [p for p in parameters if p.requires_grad]
-    opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
-    sched = warmup_cosine(opt, steps)
-    g, losses = torch.Generator().manual_seed(seed), []
-    for step in range(steps):
-        loss = loss_of_batch(torch.randint(0, n, (batch_size,), generator=g))
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.3f}', flush=True)
-    return losses
 
 # %% ../nbs/08_prompt_encoders.ipynb
 class VideoEncoder(nn.Module):
@@ -179,11 +132,13 @@ class AudioEncoder(nn.Module):
 # %% ../nbs/08_prompt_encoders.ipynb
 @dataclass
 class PromptEncodersConfig(PromptEncoderConfig):
-    "Sizes of all four prompt encoders plus the caption words of the tokenizer (ToyWorld's by default)."
+    "Sizes of all four prompt encoders plus the caption words of the tokenizer (ToyWorld's: `toyworld_caption_words()`)."
     words: tuple = ()
 
     def __post_init__(self):
-        self.words = tuple(self.words) or toyworld_caption_words()
+        self.words = tuple(self.words)
+        if not self.words: raise ValueError('give the caption words of the tokenizer: words=toyworld_caption_words() '
+                                            '(codi_nb.toyworld_recipes) for ToyWorld')
 
 MODALITIES = ('text', 'image', 'video', 'audio')
 
@@ -237,16 +192,3 @@ class PromptEncoders(nn.Module):
             return x.float()
         if x.dtype != torch.uint8: raise TypeError(f'{modality} must be uint8 RGB (0-255), got {x.dtype}')
         return x
-
-# %% ../nbs/08_prompt_encoders.ipynb
-def train_clip(encoders: PromptEncoders, steps: int = 1500, n: int = 8000, batch_size: int = 128, lr: float = 2e-3,
-               seed: int = 0, log_every: int = 0) -> list[float]:
-    "Stage 1: CLIP's towers on ToyWorld text-image pairs, plus paraphrase pairs that teach the text tower the whole language."
-    torch.manual_seed(seed)
-    data = toyworld_pairs('text-image', n, seed)
-    ids, para = encoders.tokenizer(data['text']), [encoders.tokenizer(p) for p in toyworld_paraphrases(n, seed + 1)]
-    clip = encoders.clip.train()
-    text = lambda x: encoders.embed('text', x)
-    loss = lambda i: (contrastive_loss(text(ids[i]), encoders.embed('image', data['image'][i]), clip.logit_scale)
-                      + contrastive_loss(text(para[0][i]), text(para[1][i]), clip.logit_scale))
-    return train_contrastive(clip.parameters(), loss, n, steps, batch_size, lr, seed, log_every)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_text_vae.ipynb 2
 from __future__ import annotations
-import dataclasses, math, re, time, warnings
+import dataclasses, math, re, warnings
 from dataclasses import dataclass
 from collections.abc import Sequence
 import numpy as np
@@ -13,26 +13,15 @@ from torch import nn
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, DynamicCache
 from fastcore.basics import patch
-from .checkpoint import save_pretrained, shipped_path, count_parameters
-from .image_vae import warmup_cosine
-from .toyworld import CAPTION_TEMPLATES, SYNONYMS, SPLITS, sample_factors, make_caption
+from .checkpoint import count_parameters
 
 # %% auto 0
-__all__ = ['SPECIAL_TOKENS', 'PAD_ID', 'BOS_ID', 'EOS_ID', 'UNK_ID', 'toyworld_vocabulary', 'split_words', 'merge_repeated_words',
-           'WordTokenizer', 'TextVAEConfig', 'TextVAE', 'toyworld_captions', 'beta_schedule', 'latent_scale_factor',
-           'train_text_vae']
+__all__ = ['SPECIAL_TOKENS', 'PAD_ID', 'BOS_ID', 'EOS_ID', 'UNK_ID', 'split_words', 'merge_repeated_words', 'WordTokenizer',
+           'TextVAEConfig', 'TextVAE', 'latent_scale_factor']
 
 # %% ../nbs/07_text_vae.ipynb
 SPECIAL_TOKENS = ('[PAD]', '[BOS]', '[EOS]', '[UNK]')
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
-
-def toyworld_vocabulary() -> tuple[str, ...]:
-    "The four special tokens, then every word a ToyWorld caption can contain (template words, 'an', all synonyms), sorted."
-    words = {'an'}  # make_caption turns 'a' into 'an' before a vowel
-    for templates in CAPTION_TEMPLATES.values():
-        for template in templates: words.update(re.findall(r'[a-z]+', re.sub(r'\{\w+\}', ' ', template)))
-    for synonyms in SYNONYMS.values(): words.update(synonyms)
-    return SPECIAL_TOKENS + tuple(sorted(words))
 
 def split_words(text: str) -> list[str]:
     "Lower-case `text` and split it into words (runs of letters and digits); punctuation is dropped."
@@ -131,9 +120,9 @@ class TextVAEConfig:
             raise ValueError('max_len must fit the position tables (the decoder memory takes one position)')
 
     @classmethod
-    def toyworld_tiny(cls, **overrides) -> TextVAEConfig:
-        "The book's tiny model: ToyWorld word vocabulary, 2+2 layers of width 64, latent 32, mean pooling."
-        return cls(vocab=toyworld_vocabulary(), **{'pooling': 'mean'} | overrides)
+    def tiny(cls, vocab: Sequence[str], **overrides) -> TextVAEConfig:
+        "The book's tiny model over the word vocabulary `vocab` (ToyWorld's: `toyworld_vocabulary()`): 2+2 layers of width 64, latent 32, mean pooling."
+        return cls(vocab=tuple(vocab), **{'pooling': 'mean'} | overrides)
 
     @classmethod
     def codi_optimus(cls) -> TextVAEConfig:
@@ -295,22 +284,6 @@ def decode_text(self: TextVAE, latents: torch.Tensor, max_tokens: int = 30, gree
     return self.decode(z, max_tokens, greedy, temperature, generator)
 
 # %% ../nbs/07_text_vae.ipynb
-def toyworld_captions(n: int, seed: int = 0, split: str = 'train') -> list[str]:
-    "`n` ToyWorld captions, each with a random kind (image, video or audio template), random factors and synonyms."
-    if split not in SPLITS: raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-    rng = np.random.default_rng(np.random.SeedSequence([7, SPLITS.index(split), int(seed)]))
-    kinds, captions = tuple(CAPTION_TEMPLATES), []
-    for _ in range(n):
-        kind = kinds[int(rng.integers(len(kinds)))]
-        captions.append(make_caption(sample_factors(rng, with_direction=kind == 'video'), rng, kind))
-    return captions
-
-def beta_schedule(step: int, total_steps: int, zero_fraction: float = 0.25, ramp_fraction: float = 0.25,
-                  beta_max: float = 1.0) -> float:
-    "Optimus-style KL weight: 0 for the first `zero_fraction` of training, a linear ramp over `ramp_fraction`, then `beta_max`."
-    progress = step / max(total_steps, 1)
-    return beta_max * min(max((progress - zero_fraction) / ramp_fraction, 0.0), 1.0)
-
 @torch.no_grad()
 def latent_scale_factor(model: TextVAE, captions: Sequence[str], batch_size: int = 1024) -> float:
     "1 / std of mu over `captions` (all entries pooled), so that the diffusion latent mu * s has unit variance."
@@ -318,39 +291,3 @@ def latent_scale_factor(model: TextVAE, captions: Sequence[str], batch_size: int
     mus = [model.encode(*tokenizer.batch(captions[i:i + batch_size], model.config.max_len))[0]
            for i in range(0, len(captions), batch_size)]
     return float(1 / torch.cat(mus).std())
-
-# %% ../nbs/07_text_vae.ipynb
-def train_text_vae(steps: int = 3000, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
-                   config: TextVAEConfig | None = None, num_captions: int = 20000, save: bool = True,
-                   log_every: int = 0) -> tuple[TextVAE, list[dict]]:
-    "Train the tiny ToyWorld text VAE from scratch; with `save`, rewrite codi_nb/weights/text_vae.{safetensors,json}."
-    start = time.process_time()
-    torch.manual_seed(seed)
-    config = config or TextVAEConfig.toyworld_tiny()
-    model = TextVAE(config).train()
-    captions = toyworld_captions(num_captions, seed, 'train')
-    ids, mask = model.tokenizer.batch(captions, config.max_len)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    lr_schedule = warmup_cosine(optimizer, steps, warmup=min(100, steps // 10))
-    picker, history = torch.Generator().manual_seed(seed), []
-    for step in range(steps):
-        pick = torch.randint(len(captions), (batch_size,), generator=picker)
-        length = int(mask[pick].sum(1).max())
-        beta = beta_schedule(step, steps)
-        out = model(ids[pick, :length], mask[pick, :length], beta=beta)
-        optimizer.zero_grad()
-        out['loss'].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step(); lr_schedule.step()
-        history.append({k: v.item() for k, v in out.items()} | {'beta': beta})
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  beta {beta:.2f}  loss {out['loss']:.3f}  rec {out['reconstruction']:.3f}  kl {out['kl']:.2f}")
-    model.eval()
-    model.config.scale_factor = latent_scale_factor(model, captions[:4096])
-    cpu_seconds = time.process_time() - start
-    if save:
-        save_pretrained(model, shipped_path('text_vae'), extra={
-            'recipe': f'train_text_vae(steps={steps}, seed={seed}, batch_size={batch_size}, lr={lr})',
-            'cpu_seconds': round(cpu_seconds, 1), 'torch_threads': torch.get_num_threads(),
-            'final': {k: round(v, 4) for k, v in history[-1].items()}})
-    return model, history

@@ -13,7 +13,7 @@ from .unet import UNetConfig, UNetModel, ResBlock, TimestepBlock, normalization,
 
 # %% auto 0
 __all__ = ['FrameShiftBlock', 'RelativePositionBias', 'TemporalAttention', 'TemporalModule', 'VideoResBlock', 'VideoUNetConfig',
-           'VideoUNetModel', 'tune_decoder_on_generations', 'tune_toyworld_video_decoder']
+           'VideoUNetModel']
 
 # %% ../nbs/11_video_ldm.ipynb
 class FrameShiftBlock(nn.Module):
@@ -116,60 +116,3 @@ class VideoUNetModel(UNetModel):
 
     def unfold(self, out: Tensor, x: Tensor) -> Tensor:
         return out.reshape(len(x), x.shape[2], *out.shape[1:]).transpose(1, 2) if x.ndim == 5 else out
-
-# %% ../nbs/11_video_ldm.ipynb
-def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: int = 2000, lr: float = 3e-4, batch_size: int = 64,
-                                starts: tuple = (281, 381, 481), guidance: float = 3.0, real_fraction: float = 0.25,
-                                latent_noise: float = 1.0, seed: int = 0, log_every: int = 0) -> list[float]:
-    """Fine-tune the decoder of `vae` (in place) on what the diffusion `model` generates: each real image or clip's latent is noised
-    to one of `starts` (in turn, per batch of 64) and denoised by the model from there (DDIM on the 50-step grid, guidance, prompted
-    by its row of `conditions`), and the decoder learns to turn the result back into the real medium. A `real_fraction` of each
-    training batch are real latents plus Gaussian noise of std ~ U(0, latent_noise), as in `tune_decoder`. Returns the loss per step."""
-    from codi_nb.samplers import DDIMSampler, sample_loop
-    from codi_nb.image_vae import encode_to_latent, images_to_tensor, reconstruction_loss, warmup_cosine
-    media = np.asarray(media)
-    if len(media) != len(conditions): raise ValueError(f'one condition per medium: got {len(media)} media and {len(conditions)} conditions')
-    if not 0 <= real_fraction <= 1: raise ValueError(f'real_fraction must be in [0, 1], got {real_fraction}')
-    grid = DDIMSampler(model.schedule, 50).timesteps
-    if min(starts) < int(grid.min()): raise ValueError(f'every start must be at least {int(grid.min())} (the first DDIM step), got {starts}')
-    vae.eval(); g = torch.Generator().manual_seed(seed)
-    real = encode_to_latent(vae, media)                                      # scaled, (B, C, [F,] h, w)
-    generated = []
-    for k, i in enumerate(range(0, len(real), 64)):
-        sampler = DDIMSampler(model.schedule, 50); sampler.timesteps = grid[grid <= starts[k % len(starts)]]
-        z, c = real[i:i + 64], conditions[i:i + 64]
-        noisy = model.schedule.add_noise(z, torch.randn(z.shape, generator=g), torch.full((len(z),), int(sampler.timesteps[0])))
-        generated.append(sample_loop(model.guided_denoiser(model.condition_tokens(c, len(c)), guidance), z.shape, sampler, x_T=noisy))
-    frames = lambda z: (z.transpose(1, 2).flatten(0, 1) if z.ndim == 5 else z) / vae.config.scale_factor   # unscaled, one row per frame
-    generated, real = frames(torch.cat(generated)), frames(real)
-    targets = images_to_tensor(media.reshape(-1, *media.shape[-3:]))
-    optimizer = torch.optim.AdamW([*vae.decoder.parameters(), *vae.post_quant_conv.parameters()], lr=lr, weight_decay=0.0)
-    schedule, losses = warmup_cosine(optimizer, steps), []
-    vae.decoder.train()
-    for step in range(steps):
-        index = torch.randint(0, len(targets), (batch_size,), generator=g)
-        use_real = torch.rand(batch_size, generator=g) < real_fraction
-        sigma = torch.rand(batch_size, 1, 1, 1, generator=g) * latent_noise / vae.config.scale_factor
-        noisy_real = real[index] + sigma * torch.randn(real[index].shape, generator=g)
-        loss = reconstruction_loss(vae.decode(torch.where(use_real[:, None, None, None], noisy_real, generated[index])), targets[index])
-        optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}', flush=True)
-    vae.eval()
-    return losses
-
-def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None, **settings):
-    "The shipped `video_vae_tuned`: chapter 05's frame autoencoder (`video_vae`), loaded afresh, whose decoder `tune_decoder_on_generations` tunes on the shipped video model's partial generations of n training clips; saved if `save_to` is given."
-    import inspect, time
-    from codi_nb.checkpoint import load_shipped, save_pretrained, read_config, shipped_path
-    from codi_nb.prompt_encoders import toyworld_pairs
-    start, vae = time.process_time(), load_shipped('video_vae')
-    pairs = toyworld_pairs('text-video', n, data_seed, 'train')
-    conditions = load_shipped('prompt_encoders').encode({'text': pairs['text']})['text']
-    losses = tune_decoder_on_generations(load_shipped('video_ldm'), vae, pairs['video'].numpy(), conditions, **settings)
-    if save_to is not None:   # every setting the tuning ran with, defaults included
-        used = {k: settings.get(k, p.default) for k, p in inspect.signature(tune_decoder_on_generations).parameters.items()
-                if p.default is not inspect.Parameter.empty and k != 'log_every'}
-        extra = read_config(shipped_path('video_vae'))[1].get('extra', {}) | {'note': "chapter 05's video_vae (the frame autoencoder) with its decoder tuned further on the shipped video model's partial generations (chapter 11, tune_toyworld_video_decoder: generation_tuning); the encoder is video_vae's, bit for bit"}
-        save_pretrained(vae, save_to, extra=extra | {'generation_tuning': dict(n=n, data_seed=data_seed, **used, final_loss=float(np.mean(losses[-100:])),
-                                                                                 cpu_seconds=round(time.process_time() - start))})
-    return vae
