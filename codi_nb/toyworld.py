@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_toyworld.ipynb 2
 from __future__ import annotations
-import argparse, base64, json, math, re, sys, tempfile, warnings
+import base64, json, math, re, tempfile, warnings
 from dataclasses import dataclass, asdict
 from fractions import Fraction
 from functools import lru_cache
@@ -29,7 +29,7 @@ __all__ = ['SHAPES', 'COLORS', 'SIZES', 'DIRECTIONS', 'FACTOR_VALUES', 'PALETTE'
            'timbre_from_ratio', 'nearest_pitch', 'read_audio', 'read_text', 'sync_from_events', 'sync_score',
            'coherence', 'read_any', 'factor_accuracy', 'modality_accuracy', 'show_images', 'video_strip', 'show_videos',
            'show_video', 'audio_player', 'show_spectrogram', 'write_wav', 'read_wav', 'write_mp4', 'read_mp4',
-           'downscale_video', 'read_video_file', 'video_player', 'write_sample_files', 'write_toyworld', 'toyworld_cli']
+           'downscale_video', 'read_video_file', 'video_player', 'write_sample_files', 'write_toyworld']
 
 # %% ../nbs/04_toyworld.ipynb
 SHAPES = ('circle', 'square', 'triangle')
@@ -731,22 +731,3 @@ def write_toyworld(out, n: int, seed: int = 0, split: str = 'train', kinds=PAIR_
                 'samples': [f"{r['pair_kind']}/{r['pair_kind']}_{r['index']:04d}.json" for r in records]}
     (out / 'manifest.json').write_text(json.dumps(manifest, indent=1))
     return records
-
-def toyworld_cli(argv=None) -> int:
-    "Command line `codi-toyworld`: write ToyWorld samples of every training pair as png/wav/mp4/npy/json files."
-    parser = argparse.ArgumentParser(prog='codi-toyworld', description='Write ToyWorld v1 samples (CoDi training pairs) as ordinary files.')
-    parser.add_argument('--out', required=True, help='output directory (created if missing)')
-    parser.add_argument('--n', type=int, default=8, help='samples per pair kind (default 8)')
-    parser.add_argument('--seed', type=int, default=0, help='dataset seed, >= 0 (default 0)')
-    parser.add_argument('--split', choices=SPLITS, default='train', help='which split to draw from (default train)')
-    parser.add_argument('--kinds', nargs='+', choices=PAIR_KINDS, default=list(PAIR_KINDS), help='pair kinds (default: all four)')
-    args = parser.parse_args(argv)
-    if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
-    if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
-    if Path(args.out).exists() and not Path(args.out).is_dir(): parser.error(f'--out {args.out} exists and is not a directory')
-    try: records = write_toyworld(args.out, args.n, args.seed, args.split, args.kinds)
-    except OSError as e:
-        print(f'codi-toyworld: could not write to {args.out}: {e}', file=sys.stderr)
-        return 1
-    print(f'wrote {len(records)} samples ({args.n} per pair kind, seed {args.seed}, {args.split} split) to {args.out}')
-    return 0
