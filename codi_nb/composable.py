@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_composable_conditioning.ipynb 2
 from __future__ import annotations
-import argparse, json, sys, time
+import sys
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .checkpoint import load_shipped, list_shipped
-from .latent_diffusion import LatentDiffusion, ModalityCodecs, MODALITIES
+from .latent_diffusion import LatentDiffusion, ModalityCodecs
+from .modalities import MODALITIES, MODALITY_TABLE
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .prompt_encoders import PromptEncoders
 
 # %% auto 0
 __all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'prompt_items', 'input_weights', 'ComposableGenerator', 'generate', 'read_input_file',
-           'write_output_file', 'parse_outputs', 'parse_weights', 'generate_cli']
+           'write_output_file', 'parse_outputs']
 
 # %% ../nbs/14_composable_conditioning.ipynb
 def prompt_items(inputs: dict) -> list[tuple[str, object]]:
@@ -35,7 +36,7 @@ def prompt_items(inputs: dict) -> list[tuple[str, object]]:
                 raise ValueError('text inputs must be non-empty strings (or a list of them)')
             items += [('text', t) for t in texts]
             continue
-        x = value if isinstance(value, (list, tuple)) else [value] if np.ndim(value) == {'image': 3, 'video': 4, 'audio': 1}[modality] else list(value)
+        x = [value] if MODALITY_TABLE[modality].is_single(value) else list(value)
         if not len(x): raise ValueError(f'no {modality} inputs given')
         items += [(modality, v) for v in x]
     return items
@@ -159,69 +160,3 @@ def parse_outputs(outputs) -> list[str]:
     if bad: raise ValueError(f'unknown output modality {bad[0]!r}; use any of {MODALITIES}, e.g. "video,audio"')
     if len(set(names)) != len(names): raise ValueError(f'an output is named twice in {names}')
     return names
-
-def parse_weights(text: str | None) -> dict[str, float]:
-    "'text=1,audio=0.5' → {'text': 1.0, 'audio': 0.5}."
-    if not text: return {}
-    out = {}
-    for part in text.split(','):
-        name, eq, value = part.partition('=')
-        if not eq or name.strip() not in MODALITIES: raise ValueError(f'bad weight {part!r}: write modality=number, e.g. text=1,audio=0.5')
-        try: out[name.strip()] = float(value)
-        except ValueError: raise ValueError(f'bad weight {part!r}: {value!r} is not a number') from None
-    return out
-
-# %% ../nbs/14_composable_conditioning.ipynb
-def generate_cli(argv=None) -> int:
-    "Command line `codi-generate`: any mix of inputs (captions and files) → samples of one output modality, written as files with a JSON of the settings."
-    parser = argparse.ArgumentParser(prog='codi-generate', description='Generate text, images, videos or sounds from any mix of inputs with the tiny CoDi shipped in codi_nb.')
-    parser.add_argument('--text', action='append', default=[], help='a caption (repeatable)')
-    for m, what in (('image', 'a png'), ('audio', 'a wav (16 kHz; other rates are resampled)'), ('video', 'an mp4 or npy video')):
-        parser.add_argument(f'--{m}', action='append', default=[], metavar='PATH', help=f'{what} (repeatable)')
-    parser.add_argument('--weights', help='per-modality weights, e.g. text=1,audio=0.5 (default 1 each)')
-    parser.add_argument('--to', required=True, help=f'output modality, or several separated by commas (generated together): {", ".join(MODALITIES)}')
-    parser.add_argument('--n', type=int, default=1, help='number of samples (default 1)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    parser.add_argument('--steps', type=int, default=50, help='sampler steps (default 50)')
-    parser.add_argument('--sampler', choices=tuple(SAMPLERS), default='ddim', help='ddim (default) or dpm (DPM-Solver++, good at 20 steps)')
-    parser.add_argument('--guidance', type=float, default=3.0, help='classifier-free guidance scale (default 3)')
-    parser.add_argument('--out', required=True, help='output directory (created if missing)')
-    args = parser.parse_args(argv)
-    try: outputs = parse_outputs(args.to)
-    except ValueError as e: parser.error(f'--to: {e}')
-    if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
-    if not 1 <= args.steps <= 1000: parser.error(f'--steps must be between 1 and 1000, got {args.steps}')
-    if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
-    if not (args.text or args.image or args.audio or args.video): parser.error('give at least one input: --text, --image, --audio or --video')
-    if Path(args.out).exists() and not Path(args.out).is_dir(): parser.error(f'--out {args.out} exists and is not a directory')
-    try:
-        weights = parse_weights(args.weights)
-        inputs = {'text': args.text} if args.text else {}
-        for m in ('image', 'audio', 'video'):
-            if getattr(args, m): inputs[m] = [read_input_file(m, p) for p in getattr(args, m)]
-        input_weights(prompt_items(inputs), weights)                    # check the weights before loading models
-    except (ValueError, FileNotFoundError) as e: parser.error(str(e))
-    start, name = time.time(), '_'.join(outputs)
-    print(f'generating {args.n} {"+".join(outputs)} sample(s) from {", ".join(f"{len(v)} {k}" for k, v in inputs.items())} '
-          f'({args.sampler}, {args.steps} steps, guidance {args.guidance}{", jointly" if len(outputs) > 1 else ""})', file=sys.stderr)
-    lookahead = None
-    if len(outputs) == 1:
-        samples = {outputs[0]: ComposableGenerator.shipped().generate(inputs, outputs[0], weights, args.n, args.steps, args.sampler,
-                                                                      args.guidance, args.seed, progress=True)}
-    else:
-        from .joint_sampling import JointGenerator          # chapter 17; imported here because it builds on this module
-        joint_generator = JointGenerator.shipped()
-        samples = joint_generator.generate_jointly(inputs, outputs, weights, args.n, args.steps, args.sampler, args.guidance,
-                                                   args.seed, progress=True)
-        lookahead = joint_generator.joint.config.sampling_lookahead   # the joint sampler's default: what the connectors were trained for
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    files = [str(p) for m in outputs for i, s in enumerate(samples[m]) for p in write_output_file(m, s, out / f'{m}_{i:03d}')]
-    if {'video', 'audio'} <= set(outputs):                  # the video with its own generated sound track
-        files += [str(write_mp4(out / f'video_audio_{i:03d}.mp4', v, FPS, a, scale=4)) for i, (v, a) in enumerate(zip(samples['video'], samples['audio']))]
-    settings = dict(inputs={'text': args.text, 'image': args.image, 'audio': args.audio, 'video': args.video}, weights=weights or 'all 1',
-                    to=outputs, jointly=len(outputs) > 1, lookahead=lookahead, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
-                    guidance=args.guidance, outputs=files, seconds=round(time.time() - start, 2))
-    (out / f'{name}_settings.json').write_text(json.dumps(settings, indent=1))
-    for s in samples.get('text', []): print(s)
-    print(f'wrote {args.n} {"+".join(outputs)} sample(s) to {out}', file=sys.stderr)
-    return 0

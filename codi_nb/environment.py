@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .unet import timestep_embedding, zero_module
+from .modalities import MODALITIES, MODALITY_TABLE
 
 ENVIRONMENT_DIM = 64
 
 # %% auto 0
-__all__ = ['ENVIRONMENT_DIM', 'TOKEN_AXES', 'STRIDES', 'time_embedding', 'EnvironmentEncoderConfig', 'EnvironmentEncoder',
+__all__ = ['ENVIRONMENT_DIM', 'STRIDES', 'time_embedding', 'EnvironmentEncoderConfig', 'EnvironmentEncoder',
            'EnvironmentEncodersConfig', 'EnvironmentEncoders', 'environment_alignment_loss', 'timing_alignment_loss']
 
 # %% ../nbs/15_environment_encoders.ipynb
@@ -28,8 +29,6 @@ def time_embedding(seconds: Tensor, dim: int, min_period: float = 0.2, max_perio
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 # %% ../nbs/15_environment_encoders.ipynb
-TOKEN_AXES = {'image': None, 'text': None, 'video': 1, 'audio': 1}   # latent axis (after channels) that becomes the token sequence
-
 @dataclass
 class EnvironmentEncoderConfig:
     "One modality's environment encoder: its latent's shape, the shared space's width, the conv/MLP width, where its tokens sit in time."
@@ -42,17 +41,17 @@ class EnvironmentEncoderConfig:
     first_token_seconds: float = 0.0     # time of token 0 (video frame 0 at 0 s; audio row 0 at the middle of its span)
 
     def __post_init__(self):
-        if self.modality not in TOKEN_AXES: raise ValueError(f'modality must be one of {tuple(TOKEN_AXES)}, got {self.modality!r}')
+        if self.modality not in MODALITY_TABLE: raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
         self.latent_shape = tuple(self.latent_shape)
-        need = {'text': 1, 'image': 3, 'audio': 3, 'video': 4}[self.modality]
+        need, axis = MODALITY_TABLE[self.modality].latent_ndim, MODALITY_TABLE[self.modality].token_axis
         if len(self.latent_shape) != need:
             raise ValueError(f'{self.modality} latents have {need} axes (channels first), got latent_shape {self.latent_shape}')
-        if (TOKEN_AXES[self.modality] is None) != (self.seconds_per_token == 0):
-            raise ValueError(f'{self.modality} tokens are {"timeless: seconds_per_token must be 0" if TOKEN_AXES[self.modality] is None else "in time: give seconds_per_token > 0"}')
+        if (axis is None) != (self.seconds_per_token == 0):
+            raise ValueError(f'{self.modality} tokens are {"timeless: seconds_per_token must be 0" if axis is None else "in time: give seconds_per_token > 0"}')
 
     @property
     def num_tokens(self) -> int:
-        axis = TOKEN_AXES[self.modality]
+        axis = MODALITY_TABLE[self.modality].token_axis              # chapter 03b: which latent axis is time
         return 1 if axis is None else self.latent_shape[axis]
 
 # %% ../nbs/15_environment_encoders.ipynb

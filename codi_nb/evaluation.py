@@ -59,6 +59,7 @@ def read_factors(modality: str, outputs) -> list[dict]:
 # %% ../nbs/10_image_ldm.ipynb 33
 import time
 from torch import Tensor
+from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .latent_diffusion import LatentDiffusion, ModalityCodecs
 
 def strict_coherence(truth, reading: dict) -> bool:
@@ -66,8 +67,9 @@ def strict_coherence(truth, reading: dict) -> bool:
     t = truth.as_dict() if hasattr(truth, 'as_dict') else dict(truth)
     return all(reading.get(k) == v for k, v in t.items())
 
-def generation_coherence(model: LatentDiffusion, codecs: ModalityCodecs, conditions: Tensor, truths, sampler: str = 'ddim',
-                         steps: int = 50, guidance: float = 3.0, seed: int = 0, batch_size: int = 64) -> dict:
+def generation_coherence(model: LatentDiffusion, codecs: ModalityCodecs, conditions: Tensor, truths,
+                         sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                         seed: int = 0, batch_size: int = 64) -> dict:
     "Generate one output per condition row and score it with the oracle: per-factor accuracy, 'all' (every factor of the truth right) and seconds per sample."
     generator, outputs, start = torch.Generator().manual_seed(seed), [], time.time()
     for i in range(0, len(conditions), batch_size):
@@ -137,14 +139,15 @@ def timing_peaks(encoders, pairs: dict, t: int = 0, tolerance: float = 0.15, see
             if far: rates['far frame'].append(near[(a[i] @ v[i, far[len(far) // 2]]).argmax()].item())
     return {k: float(np.mean(r)) for k, r in rates.items()} | {'bounces': len(rates['chance'])}
 
-# %% ../nbs/17_joint_sampling.ipynb 12
+# %% ../nbs/17_joint_sampling.ipynb 11
 from typing import Sequence
 from .composable import parse_outputs
 from .joint_sampling import JointGenerator, sample_jointly
 from .toyworld import sync_score, coherence          # coherence: chapter 04's agreement of two oracle readings
 
-def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, outputs: Sequence[str], sampler: str = 'ddim',
-                    steps: int = 50, guidance: float = 3.0, seed: int = 0, independent: bool = False, batch_size: int = 32,
+def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, outputs: Sequence[str],
+                    sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                    seed: int = 0, independent: bool = False, batch_size: int = 32,
                     lookahead: float | None | str = 'trained') -> dict:
     """Generate `outputs` together for each caption and score them with the oracle: per output, the fraction with every factor the
     caption carries right ('video' includes direction); 'all': every output right; 'sync' (video with audio): mean sync score;

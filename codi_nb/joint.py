@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .unet import UNetConfig, GroupNorm32, zero_module
-from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig, ModalityCodecs, MODALITIES
+from .modalities import MODALITIES
+from .latent_diffusion import LatentDiffusion, LatentDiffusionConfig, ModalityCodecs
 from .checkpoint import load_shipped, save_pretrained, load_pretrained, shipped_path, list_shipped
 from .environment import EnvironmentEncoder, EnvironmentEncoderConfig, time_embedding, environment_alignment_loss
 

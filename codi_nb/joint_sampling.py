@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from .checkpoint import load_shipped
-from .latent_diffusion import ModalityCodecs, MODALITIES
+from .latent_diffusion import ModalityCodecs
+from .modalities import MODALITIES
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, make_sampler, sample_loop, guided_prediction
 from .prompt_encoders import PromptEncoders
 from .composable import ComposableGenerator, parse_outputs

@@ -15,13 +15,13 @@ from .schedule import NoiseSchedule
 from .samplers import make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .unet import UNetConfig, UNetModel
 
-MODALITIES = ('text', 'image', 'video', 'audio')
+from .modalities import MODALITIES
 from .checkpoint import load_shipped
 from .image_vae import encode_to_latent, decode_from_latent
 from .audio_codec import AudioCodec
 
 # %% auto 0
-__all__ = ['MODALITIES', 'config_class_of', 'LatentDiffusionConfig', 'LatentDiffusion', 'ModalityCodecs']
+__all__ = ['config_class_of', 'LatentDiffusionConfig', 'LatentDiffusion', 'ModalityCodecs']
 
 # %% ../nbs/10_image_ldm.ipynb
 from .checkpoint import checkpoint_class, checkpoint_name

@@ -17,9 +17,8 @@ from .text_vae import split_words
 from .audio_codec import LogMel, MelConfig
 
 # %% auto 0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'MODALITIES', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip', 'codi_clip',
-           'images_for_clip', 'contrastive_loss', 'VideoEncoder', 'AudioEncoder', 'PromptEncodersConfig',
-           'PromptEncoders']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'PromptTokenizer', 'PromptEncoderConfig', 'tiny_clip', 'codi_clip', 'images_for_clip',
+           'contrastive_loss', 'VideoEncoder', 'AudioEncoder', 'PromptEncodersConfig', 'PromptEncoders']
 
 # %% ../nbs/08_prompt_encoders.ipynb
 class PromptTokenizer:
@@ -140,7 +139,7 @@ class PromptEncodersConfig(PromptEncoderConfig):
         if not self.words: raise ValueError('give the caption words of the tokenizer: words=toyworld_caption_words() '
                                             '(codi_nb.toyworld_recipes) for ToyWorld')
 
-MODALITIES = ('text', 'image', 'video', 'audio')
+from .modalities import MODALITIES, MODALITY_TABLE
 
 class PromptEncoders(nn.Module):
     "Text, image, video and audio encoders into one `embed_dim` space: CLIP's two towers, a video tower, an audio tower."
@@ -181,7 +180,7 @@ class PromptEncoders(nn.Module):
         x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
         c = self.config
         expected = {'image': (c.image_size, c.image_size, 3), 'video': (c.frames, c.image_size, c.image_size, 3)}.get(modality)
-        if x.ndim == {'image': 3, 'video': 4, 'audio': 1}[modality]: x = x[None]
+        if x.ndim == MODALITY_TABLE[modality].item_ndim: x = x[None]
         shape_ok = x.ndim == 2 if modality == 'audio' else tuple(x.shape[1:]) == expected
         if not shape_ok or len(x) == 0 or x.numel() == 0:
             want = {'image': f'{expected} or (B, *{expected}) uint8', 'video': f'{expected} or (B, *{expected}) uint8',

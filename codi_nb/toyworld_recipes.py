@@ -329,7 +329,8 @@ def train_prompt_encoders(steps: tuple = (1500, 1000, 1500, 600), seed: int = 0,
     return encoders
 
 # %% ../nbs/10_image_ldm.ipynb 22
-from .latent_diffusion import MODALITIES, ModalityCodecs
+from .modalities import MODALITIES
+from .latent_diffusion import ModalityCodecs
 from .prompt_encoders import PromptEncoders
 
 def toyworld_diffusion_data(modality: str, n: int, encoders: PromptEncoders, codecs: ModalityCodecs, seed: int = 0,
@@ -436,7 +437,8 @@ def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None
     return vae
 
 # %% ../nbs/15_environment_encoders.ipynb 13
-from .environment import TOKEN_AXES, EnvironmentEncoderConfig, EnvironmentEncodersConfig, EnvironmentEncoders
+from .modalities import MODALITIES
+from .environment import EnvironmentEncoderConfig, EnvironmentEncodersConfig, EnvironmentEncoders
 
 def toyworld_environment_config(modality: str) -> EnvironmentEncoderConfig:
     "The book's tiny environment encoder for `modality` on the shipped codecs' latents."
@@ -444,7 +446,7 @@ def toyworld_environment_config(modality: str) -> EnvironmentEncoderConfig:
     if modality == 'image': return EnvironmentEncoderConfig('image', (4, 16, 16))
     if modality == 'video': return EnvironmentEncoderConfig('video', (4, 8, 8, 8), seconds_per_token=0.25)   # 4 fps
     if modality == 'audio': return EnvironmentEncoderConfig('audio', (4, 16, 16), seconds_per_token=0.125, first_token_seconds=0.0625)
-    raise ValueError(f'unknown modality {modality!r}; use one of {tuple(TOKEN_AXES)}')
+    raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
 
 def toyworld_environment_encoders(modalities=('text', 'image', 'video', 'audio'), seed: int = 0) -> EnvironmentEncoders:
     "Freshly initialised tiny environment encoders for ToyWorld (a dict-like module: encoders['video'] etc.)."

@@ -4,13 +4,13 @@
 
 # %% ../../nbs/04_toyworld.ipynb 2
 from __future__ import annotations
-import argparse, json, sys
+import json
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 
 # %% auto 0
-__all__ = ['MP4_FILE_SCALE', 'write_sample_files', 'write_toyworld', 'toyworld_cli']
+__all__ = ['MP4_FILE_SCALE', 'write_sample_files', 'write_toyworld']
 
 # %% ../../nbs/04_toyworld.ipynb
 from . import world as _world, dataset as _dataset, oracle as _oracle, media as _media, display as _display
@@ -61,22 +61,3 @@ def write_toyworld(out, n: int, seed: int = 0, split: str = 'train', kinds=PAIR_
                 'samples': [f"{r['pair_kind']}/{r['pair_kind']}_{r['index']:04d}.json" for r in records]}
     (out / 'manifest.json').write_text(json.dumps(manifest, indent=1))
     return records
-
-def toyworld_cli(argv=None) -> int:
-    "Command line `codi-toyworld`: write ToyWorld samples of every training pair as png/wav/mp4/npy/json files."
-    parser = argparse.ArgumentParser(prog='codi-toyworld', description='Write ToyWorld v1 samples (CoDi training pairs) as ordinary files.')
-    parser.add_argument('--out', required=True, help='output directory (created if missing)')
-    parser.add_argument('--n', type=int, default=8, help='samples per pair kind (default 8)')
-    parser.add_argument('--seed', type=int, default=0, help='dataset seed, >= 0 (default 0)')
-    parser.add_argument('--split', choices=SPLITS, default='train', help='which split to draw from (default train)')
-    parser.add_argument('--kinds', nargs='+', choices=PAIR_KINDS, default=list(PAIR_KINDS), help='pair kinds (default: all four)')
-    args = parser.parse_args(argv)
-    if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
-    if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
-    if Path(args.out).exists() and not Path(args.out).is_dir(): parser.error(f'--out {args.out} exists and is not a directory')
-    try: records = write_toyworld(args.out, args.n, args.seed, args.split, args.kinds)
-    except OSError as e:
-        print(f'codi-toyworld: could not write to {args.out}: {e}', file=sys.stderr)
-        return 1
-    print(f'wrote {len(records)} samples ({args.n} per pair kind, seed {args.seed}, {args.split} split) to {args.out}')
-    return 0
