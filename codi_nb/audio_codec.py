@@ -52,18 +52,23 @@ class MelConfig:
 # %% ../nbs/06_audio_codec.ipynb
 def _check_wave(wave: torch.Tensor, config: MelConfig, sample_rate: int | None = None) -> torch.Tensor:
     "Validate a waveform batch and return it as float (B, samples)."
-    if not isinstance(wave, torch.Tensor): raise TypeError(f'expected a torch.Tensor waveform, got {type(wave).__name__}; use torch.as_tensor(...)')
+    if not isinstance(wave, torch.Tensor): raise TypeError(f'expected a torch.Tensor waveform, got '
+                                                           f'{type(wave).__name__}; use torch.as_tensor(...)')
     if sample_rate is not None and sample_rate != config.sample_rate:
         raise ValueError(f'audio is at {sample_rate} Hz but the mel front end expects {config.sample_rate} Hz; '
-                         f'resample first, e.g. torchaudio.functional.resample(wave, {sample_rate}, {config.sample_rate})')
+                         f'resample first, e.g. torchaudio.functional.resample(wave, {sample_rate}, '
+                         f'{config.sample_rate})')
     if wave.ndim == 3:
-        if wave.shape[1] != 1: raise ValueError(f'got {wave.shape[1]} audio channels (shape {tuple(wave.shape)}); only mono is supported: downmix with wave.mean(1)')
+        if wave.shape[1] != 1: raise ValueError(f'got {wave.shape[1]} audio channels (shape {tuple(wave.shape)}); only '
+                                                f'mono is supported: downmix with wave.mean(1)')
         wave = wave[:, 0]
     if wave.ndim == 1: wave = wave[None]
     if wave.ndim != 2: raise ValueError(f'expected a waveform of shape (batch, samples), got {tuple(wave.shape)}')
-    if not wave.is_floating_point(): raise TypeError(f'expected a float waveform in [-1, 1], got {wave.dtype}; convert integer PCM with wave / 32768')
+    if not wave.is_floating_point(): raise TypeError(f'expected a float waveform in [-1, 1], got {wave.dtype}; convert '
+                                                     f'integer PCM with wave / 32768')
     if wave.shape[-1] < config.n_fft:
-        raise ValueError(f'audio too short: {wave.shape[-1]} samples, need at least n_fft={config.n_fft} ({config.n_fft / config.sample_rate:.3f} s)')
+        raise ValueError(f'audio too short: {wave.shape[-1]} samples, need at least n_fft={config.n_fft} '
+                         f'({config.n_fft / config.sample_rate:.3f} s)')
     if not torch.isfinite(wave).all(): raise ValueError('waveform contains NaN or infinite values')
     return wave
 
@@ -92,30 +97,35 @@ class LogMel(nn.Module):
 # %% ../nbs/06_audio_codec.ipynb
 def _check_mel(log_mel: torch.Tensor, config: MelConfig) -> torch.Tensor:
     "Validate a log-mel batch and return it as float (B, 1, frames, mels)."
-    if not isinstance(log_mel, torch.Tensor): raise TypeError(f'expected a torch.Tensor log-mel, got {type(log_mel).__name__}')
+    if not isinstance(log_mel, torch.Tensor): raise TypeError(f'expected a torch.Tensor log-mel, got '
+                                                              f'{type(log_mel).__name__}')
     if log_mel.ndim == 3: log_mel = log_mel[:, None]
     if log_mel.ndim != 4 or log_mel.shape[1] != 1 or log_mel.shape[-1] != config.n_mels:
-        raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {config.n_mels}), got {tuple(log_mel.shape)}; '
+        raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {config.n_mels}), got '
+                         f'{tuple(log_mel.shape)}; '
                          'is it from a front end with another number of mel bins?')
     if not torch.isfinite(log_mel).all(): raise ValueError('log-mel contains NaN or infinite values')
     return log_mel.float()
 
 class GriffinLimVocoder(nn.Module):
-    "Log-mel (B, 1, frames, mels) → waveform (B, frames·hop): pseudo-inverse of the mel filters, then Griffin-Lim phases."
+    """Log-mel (B, 1, frames, mels) → waveform (B, frames·hop): pseudo-inverse of the mel filters, then Griffin-Lim
+    phases."""
     def __init__(self, config: MelConfig | None = None, n_iter: int = 32):
         super().__init__()
         self.config = config = config or MelConfig.tiny()
         self.register_buffer('inverse_filters', torch.linalg.pinv(LogMel(config).filterbank.T), persistent=False)
         self.griffin_lim = torchaudio.transforms.GriffinLim(
             n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length, power=1.0, n_iter=n_iter,
-            rand_init=False)                                              # zero starting phase: the same sound on every run
+            # zero starting phase: the same sound on every run
+            rand_init=False)
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         log_mel = _check_mel(log_mel, self.config)
         frames = log_mel.shape[2]
         magnitude = log_mel[:, 0].exp().transpose(1, 2)                   # (B, mels, frames)
         linear = (self.inverse_filters @ magnitude).clamp(min=0)          # (B, freqs, frames), least-norm inverse
-        linear = F.pad(linear, (0, 1))                                    # the centred STFT of frames·hop samples has frames + 1
+        # the centred STFT of frames·hop samples has frames + 1
+        linear = F.pad(linear, (0, 1))
         return self.griffin_lim(linear)[:, :frames * self.config.hop_length]
 
 # %% ../nbs/06_audio_codec.ipynb
@@ -141,9 +151,11 @@ class HiFiGANResBlock(nn.Module):
     "Type-1 residual block: per dilation, leaky-ReLU → dilated conv → leaky-ReLU → conv, added back."
     def __init__(self, channels: int, kernel_size: int, dilations: tuple):
         super().__init__()
-        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, dilation=d,
+                                              padding=d * (kernel_size - 1) // 2)
                                     for d in dilations)
-        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations)
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2)
+                                    for _ in dilations)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for dilated, plain in zip(self.convs1, self.convs2):
             x = x + plain(F.leaky_relu(dilated(F.leaky_relu(x, 0.1)), 0.1))
@@ -164,7 +176,8 @@ class HiFiGAN(nn.Module):
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         if log_mel.ndim != 4 or log_mel.shape[1] != 1 or log_mel.shape[-1] != self.config.num_mels:
-            raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {self.config.num_mels}), got {tuple(log_mel.shape)}')
+            raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {self.config.num_mels}), got '
+                             f'{tuple(log_mel.shape)}')
         frames, per_level = log_mel.shape[2], len(self.config.resblock_kernel_sizes)
         x = self.conv_pre(log_mel[:, 0].transpose(1, 2))                  # (B, channels, frames)
         for i, up in enumerate(self.ups):
@@ -182,16 +195,19 @@ def tiny_audio_vae_config() -> AutoencoderConfig:
 def _as_wave_batch(wave) -> torch.Tensor:
     "A numpy array or tensor of one clip (samples,) or a batch (B, samples) as a float32 tensor."
     if isinstance(wave, np.ndarray): wave = torch.from_numpy(np.ascontiguousarray(wave))
-    if not isinstance(wave, torch.Tensor): raise TypeError(f'expected a waveform array or tensor, got {type(wave).__name__}')
+    if not isinstance(wave, torch.Tensor): raise TypeError(f'expected a waveform array or tensor, got '
+                                                           f'{type(wave).__name__}')
     return wave.float()
 
 class AudioCodec(nn.Module):
-    "Waveform ↔ diffusion latent: `LogMel` front end, mel `KLAutoencoder` (latents scaled by its scale factor), vocoder."
+    """Waveform ↔ diffusion latent: `LogMel` front end, mel `KLAutoencoder` (latents scaled by its scale factor),
+    vocoder."""
     def __init__(self, vae: KLAutoencoder, mel_config: MelConfig | None = None, vocoder: nn.Module | None = None):
         super().__init__()
         self.mel, self.vae = LogMel(mel_config or MelConfig.tiny()), vae
         self.vocoder = vocoder if vocoder is not None else GriffinLimVocoder(self.mel.config)
-        if vae.config.in_channels != 1: raise ValueError(f'the mel VAE must take 1 input channel, this one takes {vae.config.in_channels}')
+        if vae.config.in_channels != 1: raise ValueError(f'the mel VAE must take 1 input channel, this one takes '
+                                                         f'{vae.config.in_channels}')
 
     @classmethod
     def shipped(cls) -> AudioCodec:
@@ -199,12 +215,14 @@ class AudioCodec(nn.Module):
         return cls(load_shipped('audio_vae'))
 
     def wave_to_mel(self, wave, sample_rate: int | None = None) -> torch.Tensor:
-        "(B, samples) or (samples,) → log-mel (B, 1, frames, mels); frames must be a multiple of the VAE's downsampling."
+        """(B, samples) or (samples,) → log-mel (B, 1, frames, mels); frames must be a multiple of the VAE's
+        downsampling."""
         log_mel = self.mel(_as_wave_batch(wave), sample_rate)
         factor = self.vae.config.downsampling_factor
         if log_mel.shape[2] % factor:
             need = factor * self.mel.config.hop_length
-            raise ValueError(f'{log_mel.shape[2]} mel frames is not a multiple of {factor}: pad or cut the clip to a multiple of '
+            raise ValueError(f'{log_mel.shape[2]} mel frames is not a multiple of {factor}: pad or cut the clip to a '
+                             f'multiple of '
                              f'{need} samples ({need / self.mel.config.sample_rate:.3f} s)')
         return log_mel
 

@@ -37,7 +37,7 @@ def toyworld_cli(argv=None) -> int:
     if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f'--out {args.out} exists and is not a directory')
-    try: records = write_toyworld(args.out, args.n, args.seed, args.split, args.kinds)
+    try: records = write_toyworld(args.out, args.n, seed=args.seed, split=args.split, kinds=args.kinds)
     except OSError as e:
         print(f'codi-toyworld: could not write to {args.out}: {e}', file=sys.stderr)
         return 1
@@ -73,7 +73,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     parser.add_argument('--steps', type=int, default=DEFAULT_STEPS, help=f'sampler steps (default {DEFAULT_STEPS})')
     parser.add_argument('--sampler', choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER,
-                        help=f'one of {", ".join(SAMPLERS)} (default {DEFAULT_SAMPLER}; dpm, DPM-Solver++, is good at 20 steps)')
+                        help=f'one of {", ".join(SAMPLERS)} (default {DEFAULT_SAMPLER}; dpm, DPM-Solver++, is good at '
+                             f'20 steps)')
     parser.add_argument('--guidance', type=float, default=DEFAULT_GUIDANCE,
                         help=f'classifier-free guidance scale (default {DEFAULT_GUIDANCE:g})')
     parser.add_argument('--out', required=True, help='output directory (created if missing)')

@@ -23,7 +23,8 @@ __all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'prompt_items', 'input_weights', 'Com
 
 # %% ../nbs/14_composable_conditioning.ipynb
 def prompt_items(inputs: dict) -> list[tuple[str, object]]:
-    "Split {modality: one input or a batch} into a list of (modality, single input): a caption string, an image, a video, a wave."
+    """Split {modality: one input or a batch} into a list of (modality, single input): a caption string, an image, a
+    video, a wave."""
     if not isinstance(inputs, dict) or not inputs:
         raise ValueError(f'inputs must be a non-empty dict {{modality: input(s)}} with modalities from {MODALITIES}')
     items = []
@@ -42,10 +43,12 @@ def prompt_items(inputs: dict) -> list[tuple[str, object]]:
     return items
 
 def input_weights(items: Sequence[tuple[str, object]], weights: dict | None) -> list[float]:
-    "One weight per input item: `weights[modality]` is a number for each input of that modality or a list with one per input; default 1."
+    """One weight per input item: `weights[modality]` is a number for each input of that modality or a list with one per
+    input; default 1."""
     weights = dict(weights or {})
     unknown = set(weights) - {m for m, _ in items}
-    if unknown: raise ValueError(f'weights given for {sorted(unknown)} but no such input; inputs are {sorted({m for m, _ in items})}')
+    if unknown: raise ValueError(f'weights given for {sorted(unknown)} but no such input; inputs are '
+                                 f'{sorted({m for m, _ in items})}')
     out, seen = [], {}
     for modality, _ in items:
         w = weights.get(modality, 1.0)
@@ -61,10 +64,12 @@ def input_weights(items: Sequence[tuple[str, object]], weights: dict | None) -> 
 
 # %% ../nbs/14_composable_conditioning.ipynb
 class ComposableGenerator:
-    "CoDi's any-to-one generation: every input's prompt vector, mixed by a weighted average, conditions the chosen output's diffusion model."
+    """CoDi's any-to-one generation: every input's prompt vector, mixed by a weighted average, conditions the chosen
+    output's diffusion model."""
     def __init__(self, encoders: PromptEncoders, codecs: ModalityCodecs, models: dict[str, LatentDiffusion]):
         for modality, model in models.items():
-            if model.config.modality != modality: raise ValueError(f'the model given for {modality!r} generates {model.config.modality!r}')
+            if model.config.modality != modality: raise ValueError(f'the model given for {modality!r} generates '
+                                                                   f'{model.config.modality!r}')
         self.encoders, self.codecs, self.models = encoders, codecs, dict(models)
 
     @classmethod
@@ -77,11 +82,13 @@ class ComposableGenerator:
     def prompt_vectors(self, inputs: dict) -> tuple[list[str], Tensor]:
         "Each input's modality and its L2-normalised prompt vector (N, D)."
         items = prompt_items(inputs)
-        vectors = [self.encoders.encode({m: [x] if m == 'text' else torch.as_tensor(np.asarray(x))[None]})[m][0] for m, x in items]
+        vectors = [self.encoders.encode({m: [x] if m == 'text' else torch.as_tensor(np.asarray(x))[None]})[m][0]
+                   for m, x in items]
         return [m for m, _ in items], torch.stack(vectors)
 
     def condition(self, inputs: dict, weights: dict | None = None, normalize: bool = True) -> Tensor:
-        "The mixed prompt vector sum_i w_i v_i / sum_i w_i over all inputs (the paper's conditioning interpolation), shape (D,); `normalize` puts it back on the unit sphere."
+        """The mixed prompt vector sum_i w_i v_i / sum_i w_i over all inputs (the paper's conditioning interpolation),
+        shape (D,); `normalize` puts it back on the unit sphere."""
         items = prompt_items(inputs)
         w = torch.tensor(input_weights(items, weights))
         _, vectors = self.prompt_vectors(inputs)
@@ -89,11 +96,14 @@ class ComposableGenerator:
         return F.normalize(mixed, dim=-1) if normalize else mixed
 
     def generate(self, inputs: dict, output: str, weights: dict | None = None, n: int = 1, steps: int = DEFAULT_STEPS,
-                 sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, normalize: bool = True,
+                 sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+                 normalize: bool = True,
                  progress: bool = False) -> list:
-        "`n` samples of `output` ('text', 'image', 'video' or 'audio') conditioned on any mix of inputs: captions, uint8 images/videos, 16 kHz waves."
+        """`n` samples of `output` ('text', 'image', 'video' or 'audio') conditioned on any mix of inputs: captions,
+        uint8 images/videos, 16 kHz waves."""
         if output not in MODALITIES: raise ValueError(f'unknown output modality {output!r}; use one of {MODALITIES}')
-        if output not in self.models: raise ValueError(f'no {output} model loaded; this generator has {sorted(self.models)}')
+        if output not in self.models: raise ValueError(f'no {output} model loaded; this generator has '
+                                                       f'{sorted(self.models)}')
         if n < 1: raise ValueError(f'n must be at least 1, got {n}')
         if sampler not in SAMPLERS: raise ValueError(f'sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}')
         cond = self.condition(inputs, weights, normalize)
@@ -104,37 +114,45 @@ class ComposableGenerator:
 _SHIPPED: ComposableGenerator | None = None
 
 def generate(inputs: dict, output: str, weights: dict | None = None, **kwargs) -> list:
-    "`ComposableGenerator.generate` with the shipped tiny model (loaded once): e.g. `generate({'text': 'a big circle', 'audio': wave}, 'image')`."
+    """`ComposableGenerator.generate` with the shipped tiny model (loaded once): e.g. `generate({'text': 'a big circle',
+    'audio': wave}, 'image')`."""
     global _SHIPPED
     if _SHIPPED is None: _SHIPPED = ComposableGenerator.shipped()
     return _SHIPPED.generate(inputs, output, weights, **kwargs)
 
 # %% ../nbs/14_composable_conditioning.ipynb
-from .toyworld import IMAGE_SIZE, SAMPLE_RATE, FPS, read_wav, read_video_file, write_wav, write_mp4, downscale_video, to_uint8_image
+from .toyworld import (IMAGE_SIZE, SAMPLE_RATE, FPS, read_wav, read_video_file, write_wav, write_mp4,
+                              downscale_video, to_uint8_image)
 
 CLIP_SAMPLES = 2 * SAMPLE_RATE          # ToyWorld clips are 2 s long
 VIDEO_FRAMES = 8
 
 def read_input_file(modality: str, path) -> object:
-    "An input for `generate` from a file in `codi-toyworld`'s formats: png image, wav (16 kHz; other rates resampled) or mp4/npy video."
+    """An input for `generate` from a file in `codi-toyworld`'s formats: png image, wav (16 kHz; other rates resampled)
+    or mp4/npy video."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'no such {modality} file: {path}')
     if modality == 'image':
         from PIL import Image, UnidentifiedImageError
         try: image = np.asarray(Image.open(path).convert('RGB'))
-        except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); expected a png') from e
+        except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); '
+                                                                        f'expected a png') from e
         h, w = image.shape[:2]
-        if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld images are {IMAGE_SIZE}x{IMAGE_SIZE} (square multiples of that are block-averaged down)')
+        if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld images are '
+                                                      f'{IMAGE_SIZE}x{IMAGE_SIZE} (square multiples of that are '
+                                                      f'block-averaged down)')
         return downscale_video(image[None], IMAGE_SIZE)[0]
     if modality == 'audio':
         wave = read_wav(path)
         if len(wave) != CLIP_SAMPLES:
-            print(f'note: {path.name} is {len(wave) / SAMPLE_RATE:.2f} s; cut or padded with silence to {CLIP_SAMPLES / SAMPLE_RATE:.0f} s', file=sys.stderr)
+            print(f'note: {path.name} is {len(wave) / SAMPLE_RATE:.2f} s; cut or padded with silence to '
+                  f'{CLIP_SAMPLES / SAMPLE_RATE:.0f} s', file=sys.stderr)
             wave = np.pad(wave[:CLIP_SAMPLES], (0, max(0, CLIP_SAMPLES - len(wave))))
         return wave
     if modality == 'video':
         frames = read_video_file(path)
-        if len(frames) != VIDEO_FRAMES: raise ValueError(f'{path.name} has {len(frames)} frames; ToyWorld videos have {VIDEO_FRAMES}')
+        if len(frames) != VIDEO_FRAMES: raise ValueError(f'{path.name} has {len(frames)} frames; ToyWorld videos have '
+                                                         f'{VIDEO_FRAMES}')
         return frames
     raise ValueError(f'read_input_file reads image, audio or video files, not {modality!r}')
 
@@ -155,7 +173,8 @@ def write_output_file(modality: str, sample, stem) -> list[Path]:
 def parse_outputs(outputs) -> list[str]:
     "'video,audio' or ['video', 'audio'] → a checked list of distinct output modalities."
     names = [s.strip() for s in outputs.split(',')] if isinstance(outputs, str) else list(outputs)
-    if not names or not all(names): raise ValueError(f'name at least one output modality from {MODALITIES}, e.g. "video,audio"')
+    if not names or not all(names): raise ValueError(f'name at least one output modality from {MODALITIES}, e.g. '
+                                                     f'"video,audio"')
     bad = [m for m in names if m not in MODALITIES]
     if bad: raise ValueError(f'unknown output modality {bad[0]!r}; use any of {MODALITIES}, e.g. "video,audio"')
     if len(set(names)) != len(names): raise ValueError(f'an output is named twice in {names}')

@@ -21,7 +21,8 @@ __all__ = ['ENVIRONMENT_DIM', 'STRIDES', 'time_embedding', 'EnvironmentEncoderCo
 
 # %% ../nbs/15_environment_encoders.ipynb
 def time_embedding(seconds: Tensor, dim: int, min_period: float = 0.2, max_period: float = 16.0) -> Tensor:
-    "Sinusoidal embedding of times in seconds (any shape) into (..., dim): cosines then sines, periods spaced geometrically from `min_period` to `max_period` s."
+    """Sinusoidal embedding of times in seconds (any shape) into (..., dim): cosines then sines, periods spaced
+    geometrically from `min_period` to `max_period` s."""
     if dim < 2 or dim % 2: raise ValueError(f'dim must be a positive even number, got {dim}')
     seconds = torch.as_tensor(seconds, dtype=torch.float32)
     periods = min_period * (max_period / min_period) ** torch.linspace(0, 1, dim // 2, device=seconds.device)
@@ -31,7 +32,8 @@ def time_embedding(seconds: Tensor, dim: int, min_period: float = 0.2, max_perio
 # %% ../nbs/15_environment_encoders.ipynb
 @dataclass
 class EnvironmentEncoderConfig:
-    "One modality's environment encoder: its latent's shape, the shared space's width, the conv/MLP width, where its tokens sit in time."
+    """One modality's environment encoder: its latent's shape, the shared space's width, the conv/MLP width, where its
+    tokens sit in time."""
     modality: str
     latent_shape: tuple
     env_dim: int = ENVIRONMENT_DIM
@@ -41,13 +43,17 @@ class EnvironmentEncoderConfig:
     first_token_seconds: float = 0.0     # time of token 0 (video frame 0 at 0 s; audio row 0 at the middle of its span)
 
     def __post_init__(self):
-        if self.modality not in MODALITY_TABLE: raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
+        if self.modality not in MODALITY_TABLE: raise ValueError(f'modality must be one of {MODALITIES}, got '
+                                                                 f'{self.modality!r}')
         self.latent_shape = tuple(self.latent_shape)
         need, axis = MODALITY_TABLE[self.modality].latent_ndim, MODALITY_TABLE[self.modality].token_axis
         if len(self.latent_shape) != need:
-            raise ValueError(f'{self.modality} latents have {need} axes (channels first), got latent_shape {self.latent_shape}')
+            raise ValueError(f'{self.modality} latents have {need} axes (channels first), got latent_shape '
+                             f'{self.latent_shape}')
         if (axis is None) != (self.seconds_per_token == 0):
-            raise ValueError(f'{self.modality} tokens are {"timeless: seconds_per_token must be 0" if axis is None else "in time: give seconds_per_token > 0"}')
+            raise ValueError(
+                f'{self.modality} tokens are '
+                f'{"timeless: seconds_per_token must be 0" if axis is None else "in time: give seconds_per_token > 0"}')
 
     @property
     def num_tokens(self) -> int:
@@ -55,30 +61,37 @@ class EnvironmentEncoderConfig:
         return 1 if axis is None else self.latent_shape[axis]
 
 # %% ../nbs/15_environment_encoders.ipynb
-STRIDES = {'image': (2, 2), 'video': (2, 2), 'audio': (1, 2)}   # halve space (image, each video frame) or mel (audio), never time
+# halve space (image, each video frame) or mel (audio), never time
+STRIDES = {'image': (2, 2), 'video': (2, 2), 'audio': (1, 2)}
 
 class EnvironmentEncoder(nn.Module):
-    "V_m: a noisy latent at timestep t → a short sequence of tokens in the shared environment space (one per video frame / audio time row, one for image and text)."
+    """V_m: a noisy latent at timestep t → a short sequence of tokens in the shared environment space (one per video
+    frame / audio time row, one for image and text)."""
     def __init__(self, config: EnvironmentEncoderConfig):
         super().__init__()
         self.config = c = config
         h, groups = c.hidden, c.norm_groups
         self.time_mlp = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
         if c.modality == 'text':
-            self.stem, self.body, self.reduce = nn.Linear(c.latent_shape[0], h), nn.Sequential(nn.SiLU(), nn.Linear(h, h)), nn.Identity()
+            self.stem, self.body, self.reduce = nn.Linear(c.latent_shape[0], h), nn.Sequential(
+                nn.SiLU(), nn.Linear(h, h)), nn.Identity()
         else:
             self.stem = nn.Conv2d(c.latent_shape[0], h, 3, stride=STRIDES[c.modality], padding=1)
-            self.body = nn.Sequential(nn.GroupNorm(groups, h), nn.SiLU(), nn.Conv2d(h, h, 3, padding=1), nn.GroupNorm(groups, h), nn.SiLU())
+            self.body = nn.Sequential(nn.GroupNorm(groups, h), nn.SiLU(), nn.Conv2d(h, h, 3, padding=1),
+                                      nn.GroupNorm(groups, h), nn.SiLU())
             per_token = c.latent_shape[-1] // 2 * (c.latent_shape[-2] // 2 if c.modality != 'audio' else 1)
             self.reduce = nn.Linear(h * per_token, h)       # learned pooling: keeps where things are (position, pitch)
-        self.temporal = nn.Sequential(nn.Conv1d(h, h, 3, padding=1), nn.SiLU(), zero_module(nn.Conv1d(h, h, 3, padding=1))) if c.seconds_per_token else None
+        self.temporal = nn.Sequential(nn.Conv1d(h, h, 3, padding=1), nn.SiLU(),
+                                      zero_module(nn.Conv1d(h, h, 3, padding=1))) if c.seconds_per_token else None
         self.head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, c.env_dim))
 
     def check_inputs(self, latents: Tensor, timesteps: Tensor):
         shape = self.config.latent_shape
         if tuple(latents.shape[1:]) != shape:
-            raise ValueError(f'{self.config.modality} environment encoder takes latents (B, {", ".join(map(str, shape))}), got {tuple(latents.shape)}')
-        if timesteps.shape != (len(latents),): raise ValueError(f'need one timestep per latent: (B,) = ({len(latents)},), got {tuple(timesteps.shape)}')
+            raise ValueError(f'{self.config.modality} environment encoder takes latents (B, '
+                             f'{", ".join(map(str, shape))}), got {tuple(latents.shape)}')
+        if timesteps.shape != (len(latents),): raise ValueError(f'need one timestep per latent: (B,) = '
+                                                                f'({len(latents)},), got {tuple(timesteps.shape)}')
 
     def forward(self, latents: Tensor, timesteps: Tensor) -> Tensor:
         "Noisy latents (B, *latent_shape) at integer timesteps (B,) → tokens (B, L, env_dim)."
@@ -86,7 +99,8 @@ class EnvironmentEncoder(nn.Module):
         if timesteps.ndim == 0: timesteps = timesteps.expand(len(latents))
         self.check_inputs(latents, timesteps)
         b, m, emb = len(latents), self.config.modality, self.time_mlp(timestep_embedding(timesteps, self.config.hidden))
-        if m == 'video':                                   # frames as a batch of images: (B, C, T, H, W) → (B·T, C, H, W)
+        # frames as a batch of images: (B, C, T, H, W) → (B·T, C, H, W)
+        if m == 'video':
             frames = latents.shape[2]
             latents, emb = latents.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, 0)
         x = self.stem(latents)
@@ -115,13 +129,16 @@ class EnvironmentEncodersConfig:
     encoders: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.encoders = {m: c if isinstance(c, EnvironmentEncoderConfig) else EnvironmentEncoderConfig(**c) for m, c in self.encoders.items()}
+        self.encoders = {m: c if isinstance(c, EnvironmentEncoderConfig) else EnvironmentEncoderConfig(**c)
+                         for m, c in self.encoders.items()}
         for m, c in self.encoders.items():
             if c.modality != m: raise ValueError(f'the config under {m!r} is for {c.modality!r}')
-        if len({c.env_dim for c in self.encoders.values()}) > 1: raise ValueError('all environment encoders must share one env_dim')
+        if len({c.env_dim for c in self.encoders.values()}) > 1: raise ValueError('all environment encoders must share '
+                                                                                  'one env_dim')
 
 class EnvironmentEncoders(nn.ModuleDict):
-    "The environment encoders of all modalities, one `EnvironmentEncoder` per key (a dict of modules; saves and loads as one checkpoint)."
+    """The environment encoders of all modalities, one `EnvironmentEncoder` per key (a dict of modules; saves and loads
+    as one checkpoint)."""
     def __init__(self, config: EnvironmentEncodersConfig):
         super().__init__({m: EnvironmentEncoder(c) for m, c in config.encoders.items()})
         self.config = config
@@ -129,15 +146,18 @@ class EnvironmentEncoders(nn.ModuleDict):
 # %% ../nbs/15_environment_encoders.ipynb
 def environment_alignment_loss(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
     "Symmetric InfoNCE: row i of `a` should pick row i of `b` among the batch, and vice versa (cosine / temperature)."
-    if a.shape != b.shape or a.ndim != 2: raise ValueError(f'need two (B, D) batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}')
+    if a.shape != b.shape or a.ndim != 2: raise ValueError(f'need two (B, D) batches of the same shape, got '
+                                                           f'{tuple(a.shape)} and {tuple(b.shape)}')
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
     target = torch.arange(len(a), device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 # %% ../nbs/15_environment_encoders.ipynb
-def timing_alignment_loss(queries: Tensor, query_times: Tensor, keys: Tensor, key_times: Tensor, temperature: float = 0.07,
+def timing_alignment_loss(queries: Tensor, query_times: Tensor, keys: Tensor, key_times: Tensor,
+                          temperature: float = 0.07,
                           width: float = 0.125) -> Tensor:
-    "Within each clip, every query token (B, Lq, D) should pick the key tokens (B, Lk, D) near its own time: cross-entropy against a Gaussian of `width` s over the keys' times."
+    """Within each clip, every query token (B, Lq, D) should pick the key tokens (B, Lk, D) near its own time:
+    cross-entropy against a Gaussian of `width` s over the keys' times."""
     logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2) / temperature
     target = torch.softmax(-(query_times[:, None] - key_times[None]) ** 2 / (2 * width ** 2), dim=-1).to(logits)
     return -(target * logits.log_softmax(-1)).sum(-1).mean()

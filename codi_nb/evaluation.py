@@ -33,10 +33,12 @@ def bridging_embeddings(encoders: PromptEncoders, n: int = 256, seed: int = 0, s
     out = {}
     for kind in ('text-image', 'text-audio', 'text-video'):
         pairs = toyworld_pairs(kind, n, seed, split)
-        out[kind] = dict(factors=pairs['factors'], **encoders.encode({m: pairs[m] for m in kind.split('-')}), data=pairs)
+        out[kind] = dict(factors=pairs['factors'], **encoders.encode({m: pairs[m] for m in kind.split('-')}),
+                         data=pairs)
     return out
 
-def bridging_recalls(encoders: PromptEncoders, n: int = 256, seed: int = 0, embeddings: dict | None = None) -> dict[str, float]:
+def bridging_recalls(encoders: PromptEncoders, n: int = 256, seed: int = 0,
+                     embeddings: dict | None = None) -> dict[str, float]:
     "Class-level recall@1 among n held-out candidates: the trained directions and the never-trained ones."
     e = embeddings or bridging_embeddings(encoders, n, seed)
     ti, ta, tv = e['text-image'], e['text-audio'], e['text-video']
@@ -70,7 +72,8 @@ def strict_coherence(truth, reading: dict) -> bool:
 def generation_coherence(model: LatentDiffusion, codecs: ModalityCodecs, conditions: Tensor, truths,
                          sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
                          seed: int = 0, batch_size: int = 64) -> dict:
-    "Generate one output per condition row and score it with the oracle: per-factor accuracy, 'all' (every factor of the truth right) and seconds per sample."
+    """Generate one output per condition row and score it with the oracle: per-factor accuracy, 'all' (every factor of
+    the truth right) and seconds per sample."""
     generator, outputs, start = torch.Generator().manual_seed(seed), [], time.time()
     for i in range(0, len(conditions), batch_size):
         latents = model.sample(conditions[i:i + batch_size], sampler, steps, guidance, generator=generator)
@@ -79,7 +82,8 @@ def generation_coherence(model: LatentDiffusion, codecs: ModalityCodecs, conditi
     readings = read_factors(model.config.modality, outputs)
     truths = [t.as_dict() if hasattr(t, 'as_dict') else dict(t) for t in truths]
     if model.config.modality != 'video': truths = [{k: v for k, v in t.items() if k != 'direction'} for t in truths]
-    out = {k: float(np.mean([r.get(k) == t[k] for t, r in zip(truths, readings) if k in t])) for k in ('shape', 'color', 'size', 'direction')
+    out = {k: float(np.mean([r.get(k) == t[k] for t, r in zip(truths, readings) if k in t]))
+           for k in ('shape', 'color', 'size', 'direction')
            if any(k in t for t in truths)}
     out['all'] = float(np.mean([strict_coherence(t, r) for t, r in zip(truths, readings)]))
     return out | {'seconds_per_sample': seconds, 'outputs': outputs}
@@ -91,8 +95,10 @@ from .environment import EnvironmentEncoder
 from .training import noisy
 
 @torch.no_grad()
-def environment_vectors(encoder: EnvironmentEncoder, latents: Tensor, t: int, seed: int = 0, pooled: bool = True) -> Tensor:
-    "Pooled unit vectors (B, D), or the tokens (B, L, D), of `latents` noised to timestep t with seeded noise (t = 0: the clean latents)."
+def environment_vectors(encoder: EnvironmentEncoder, latents: Tensor, t: int, seed: int = 0,
+                        pooled: bool = True) -> Tensor:
+    """Pooled unit vectors (B, D), or the tokens (B, L, D), of `latents` noised to timestep t with seeded noise (t = 0:
+    the clean latents)."""
     tt = torch.full((len(latents),), t, dtype=torch.long)
     if t > 0: latents = noisy(NoiseSchedule(), latents, tt, torch.Generator().manual_seed(seed))
     return encoder.pooled(latents, tt) if pooled else encoder(latents, tt)
@@ -103,17 +109,21 @@ import dataclasses
 def without_direction(factors) -> list: return [dataclasses.replace(f, direction=None) for f in factors]
 
 def environment_recalls(encoders, data: dict, t: int = 0, seed: int = 0) -> dict[str, float]:
-    """Class-level top-1 retrieval in the shared space at timestep t, both ways, for the trained pairs (text-image, text-audio,
-    audio-video) and never-trained ones (image-audio, text-video, image-video), plus instance-level audio↔video (the exact clip)."""
-    vec = {(k, m): environment_vectors(encoders[m], d[m], t, seed + i) for i, (k, d) in enumerate(data.items()) for m in d if m in encoders}
+    """Class-level top-1 retrieval in the shared space at timestep t, both ways, for the trained pairs (text-image,
+    text-audio, audio-video) and never-trained ones (image-audio, text-video, image-video), plus instance-level
+    audio↔video (the exact clip)."""
+    vec = {(k, m): environment_vectors(encoders[m], d[m], t, seed + i) for i, (k, d) in enumerate(data.items())
+           for m in d if m in encoders}
     fac = {k: d['factors'] for k, d in data.items()}
     still = lambda k: without_direction(fac[k])
     def both(qk, q, ck, c, qf=None, cf=None):
         qf, cf = qf or fac[qk], cf or fac[ck]
-        return {f'{q}→{c}': class_recall_at_1(vec[qk, q], vec[ck, c], qf, cf), f'{c}→{q}': class_recall_at_1(vec[ck, c], vec[qk, q], cf, qf)}
+        return {f'{q}→{c}': class_recall_at_1(vec[qk, q], vec[ck, c], qf, cf),
+                f'{c}→{q}': class_recall_at_1(vec[ck, c], vec[qk, q], cf, qf)}
     out = both('text-image', 'text', 'text-image', 'image') | both('text-audio', 'text', 'text-audio', 'audio')
     out |= both('audio-video', 'audio', 'audio-video', 'video', still('audio-video'), still('audio-video'))
-    out |= both('text-image', 'image', 'text-audio', 'audio') | both('text-video', 'text', 'text-video', 'video', still('text-video'), still('text-video'))
+    out |= both('text-image', 'image', 'text-audio', 'audio') | both('text-video', 'text', 'text-video', 'video',
+                                                                     still('text-video'), still('text-video'))
     out |= both('text-image', 'image', 'text-video', 'video', cf=still('text-video'))
     a, v = vec['audio-video', 'audio'], vec['audio-video', 'video']
     out['audio→video (same clip)'] = float(((a @ v.T).argmax(1) == torch.arange(len(a))).float().mean())
@@ -124,9 +134,10 @@ from .toyworld import FPS
 
 @torch.no_grad()
 def timing_peaks(encoders, pairs: dict, t: int = 0, tolerance: float = 0.15, seed: int = 0) -> dict[str, float]:
-    """For each bounce (before frame 6.5) of audio-video pairs {'video', 'audio', 'bounce_times'}: is the audio token most similar
-    to the video token of the bounce's nearest frame within `tolerance` s of the bounce? 'bounce frame': that rate; 'far frame':
-    the same with the token of a frame 2+ frames from every bounce (control); 'chance': a random audio row."""
+    """For each bounce (before frame 6.5) of audio-video pairs {'video', 'audio', 'bounce_times'}: is the audio token
+    most similar to the video token of the bounce's nearest frame within `tolerance` s of the bounce? 'bounce frame':
+    that rate; 'far frame': the same with the token of a frame 2+ frames from every bounce (control); 'chance': a
+    random audio row."""
     v = F.normalize(environment_vectors(encoders['video'], pairs['video'], t, seed, pooled=False), dim=-1)
     a = F.normalize(environment_vectors(encoders['audio'], pairs['audio'], t, seed + 1, pooled=False), dim=-1)
     times, rates = encoders['audio'].token_times(), {'bounce frame': [], 'far frame': [], 'chance': []}
@@ -149,21 +160,25 @@ def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, 
                     sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
                     seed: int = 0, independent: bool = False, batch_size: int = 32,
                     lookahead: float | None | str = 'trained') -> dict:
-    """Generate `outputs` together for each caption and score them with the oracle: per output, the fraction with every factor the
-    caption carries right ('video' includes direction); 'all': every output right; 'sync' (video with audio): mean sync score;
-    'cross' (image with audio): the image's shape, color and size agree with the sound's; seconds per sample."""
+    """Generate `outputs` together for each caption and score them with the oracle: per output, the fraction with every
+    factor the caption carries right ('video' includes direction); 'all': every output right; 'sync' (video with
+    audio): mean sync score; 'cross' (image with audio): the image's shape, color and size agree with the sound's;
+    seconds per sample."""
     outputs = parse_outputs(outputs)
     conds = generator.encoders.encode({'text': list(captions)})['text']
     samples, start = {m: [] for m in outputs}, time.time()
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(conds), batch_size):
-        latents = sample_jointly(generator.joint, {m: conds[i:i + batch_size] for m in outputs}, sampler, steps, guidance, g, independent,
+        latents = sample_jointly(generator.joint, {m: conds[i:i + batch_size] for m in outputs}, sampler=sampler,
+                                 steps=steps,
+                                 guidance=guidance, generator=g, independent=independent,
                                  lookahead=lookahead)
         for m in outputs: samples[m] += list(generator.codecs.decode(m, latents[m]))
     seconds = (time.time() - start) / len(conds)
     readings = {m: read_factors(m, samples[m]) for m in outputs}
     truths = [t.as_dict() if hasattr(t, 'as_dict') else dict(t) for t in truths]
-    right = {m: [strict_coherence({k: v for k, v in t.items() if v is not None and (k != 'direction' or m == 'video')}, r)
+    right = {m: [strict_coherence({k: v for k, v in t.items() if v is not None and (k != 'direction' or m == 'video')},
+                                  r)
                  for t, r in zip(truths, readings[m])] for m in outputs}
     out = {m: float(np.mean(right[m])) for m in outputs}
     out['all'] = float(np.mean([all(right[m][i] for m in outputs) for i in range(len(truths))]))

@@ -46,7 +46,8 @@ class AutoencoderConfig:
 
     @classmethod
     def tiny_image(cls) -> 'AutoencoderConfig':
-        "The book's image VAE: 32x32x3 -> 4x16x16 (downsampling factor 2: chapter 10 needs the finer grid for small squares)."
+        """The book's image VAE: 32x32x3 -> 4x16x16 (downsampling factor 2: chapter 10 needs the finer grid for small
+        squares)."""
         return cls(in_channels=3, out_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4,
                    norm_groups=8)
 
@@ -167,7 +168,8 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device='cpu' if generator is None else generator.device)
+        noise = torch.randn(self.mean.shape, generator=generator,
+                            device='cpu' if generator is None else generator.device)
         return self.mean + self.std * noise.to(self.mean)
     def mode(self) -> Tensor: return self.mean
     def kl(self) -> Tensor:
@@ -198,7 +200,8 @@ class KLAutoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         if z.ndim != 4 or z.shape[1] != self.config.embed_dim:
             raise ValueError(f'expected latents of shape (B, {self.config.embed_dim}, h, w), got {tuple(z.shape)}')
-        if not torch.isfinite(z).all(): raise ValueError('latents contain NaN or inf: check the sampler or the scale factor')
+        if not torch.isfinite(z).all(): raise ValueError('latents contain NaN or inf: check the sampler or the scale '
+                                                         'factor')
         return self.decoder(self.post_quant_conv(z))
 
     def forward(self, x: Tensor, sample: bool = True, generator=None) -> tuple[Tensor, DiagonalGaussian]:
@@ -219,7 +222,8 @@ def tensor_to_images(x: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def encode_to_latent(vae: KLAutoencoder, images, sample: bool = False) -> Tensor:
-    "uint8 images (B,H,W,3) or videos (B,T,H,W,3) -> scaled latents (B,C,h,w) or (B,C,T,h,w) (posterior mean unless sample)."
+    """uint8 images (B,H,W,3) or videos (B,T,H,W,3) -> scaled latents (B,C,h,w) or (B,C,T,h,w) (posterior mean unless
+    sample)."""
     arr = np.asarray(images)
     video = arr.ndim == 5
     flat = arr.reshape(-1, *arr.shape[-3:]) if video else arr

@@ -22,10 +22,13 @@ __all__ = ['WIRINGS', 'connector_sites', 'JointConnector', 'check_lookahead', 'J
 
 # %% ../nbs/16_joint_training.ipynb
 def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> dict[str, int]:
-    "Where a UNet gets connectors: {'input_i' | 'output_i': channels} for every block of a level in `levels` (default: the levels with attention, as the release; none after the middle block)."
+    """Where a UNet gets connectors: {'input_i' | 'output_i': channels} for every block of a level in `levels` (default:
+    the levels with attention, as the release; none after the middle block)."""
     c, sites, index = config, {}, 1
     levels = c.attention_levels if levels is None else tuple(levels)
-    if not set(levels) <= set(range(len(c.channel_mult))): raise ValueError(f'levels must be among 0..{len(c.channel_mult) - 1}, got {levels}')
+    if not set(levels) <= set(range(len(c.channel_mult))): raise ValueError(f'levels must be among '
+                                                                            f'0..{len(c.channel_mult) - 1}, got '
+                                                                            f'{levels}')
     last = len(c.channel_mult) - 1
     for level, mult in enumerate(c.channel_mult):
         for _ in range(c.num_res_blocks):
@@ -41,9 +44,10 @@ def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> 
 
 # %% ../nbs/16_joint_training.ipynb
 class JointConnector(nn.Module):
-    """Cross-attention from a UNet feature map to other modalities' environment tokens. Queries and keys carry their time in
-    seconds (sinusoidal embedding, projected; timeless tokens get a learned vector instead) and a learned per-head penalty on
-    the time difference; the output projection starts at zero, so a new connector leaves the UNet unchanged."""
+    """Cross-attention from a UNet feature map to other modalities' environment tokens. Queries and keys carry their
+    time in seconds (sinusoidal embedding, projected; timeless tokens get a learned vector instead) and a learned
+    per-head penalty on the time difference; the output projection starts at zero, so a new connector leaves the UNet
+    unchanged."""
     def __init__(self, channels: int, env_dim: int = 64, heads: int = 4, time_dim: int = 32, groups: int = 16):
         super().__init__()
         if channels % heads: raise ValueError(f'channels ({channels}) must be divisible by heads ({heads})')
@@ -52,36 +56,45 @@ class JointConnector(nn.Module):
         self.query_time = nn.Linear(time_dim, channels)
         self.key_time = nn.Linear(time_dim, env_dim)
         self.timeless = nn.Parameter(torch.zeros(env_dim))
-        self.time_slope = nn.Parameter(torch.zeros(heads))           # attention bias -slope_h * |t_query - t_key| (seconds)
+        # attention bias -slope_h * |t_query - t_key| (seconds)
+        self.time_slope = nn.Parameter(torch.zeros(heads))
         self.to_q = nn.Linear(channels, channels, bias=False)
         self.to_k = nn.Linear(env_dim, channels, bias=False)
         self.to_v = nn.Linear(env_dim, channels, bias=False)
         self.to_out = zero_module(nn.Linear(channels, channels))
 
     def embed_time(self, seconds: Tensor) -> Tensor:
-        return time_embedding(seconds.reshape(-1), self.time_dim).to(seconds.device).reshape(*seconds.shape, self.time_dim)
+        return time_embedding(seconds.reshape(-1), self.time_dim).to(seconds.device).reshape(*seconds.shape,
+                                                                                             self.time_dim)
 
-    def forward(self, x: Tensor, tokens: Tensor, token_times: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
-        """x (N, C, H, W) features; tokens (N, L, env_dim); token_times (L,) seconds, NaN for a timeless token (None: all
-        timeless, and no time penalty); query_times (N, H) the time of every feature row, or None for a timeless map."""
+    def forward(self, x: Tensor, tokens: Tensor, token_times: Tensor | None = None,
+                query_times: Tensor | None = None) -> Tensor:
+        """x (N, C, H, W) features; tokens (N, L, env_dim); token_times (L,) seconds, NaN for a timeless token (None:
+        all timeless, and no time penalty); query_times (N, H) the time of every feature row, or None for a timeless
+        map."""
         n, c, h, w = x.shape
-        if tokens.ndim != 3 or len(tokens) != n: raise ValueError(f'tokens must be ({n}, L, env_dim), got {tuple(tokens.shape)}')
+        if tokens.ndim != 3 or len(tokens) != n: raise ValueError(f'tokens must be ({n}, L, env_dim), got '
+                                                                  f'{tuple(tokens.shape)}')
         q = self.norm(x).flatten(2).transpose(1, 2)                               # (N, HW, C)
         if query_times is not None:
             query_times = query_times.to(x.device, torch.float32).expand(n, h).repeat_interleave(w, 1)   # (N, HW)
             q = q + self.query_time(self.embed_time(query_times))
-        times = torch.full((tokens.shape[1],), float('nan'), device=x.device) if token_times is None else token_times.to(x.device, torch.float32)
+        times = torch.full((tokens.shape[1],), float('nan'),
+                           device=x.device) if token_times is None else token_times.to(x.device, torch.float32)
         timed = ~times.isnan()
         key_pos = torch.where(timed[:, None], self.key_time(self.embed_time(times.nan_to_num(0.0))), self.timeless)
         kv = tokens + key_pos
         split = lambda t: t.reshape(n, t.shape[1], self.heads, -1).transpose(1, 2)
         bias = None
-        if query_times is not None and token_times is not None:          # decided by the caller: no data-dependent branch
+        # decided by the caller: no data-dependent branch
+        if query_times is not None and token_times is not None:
             dt = (query_times[:, :, None] - times.nan_to_num(0.0)).abs() * timed      # (N, HW, L)
             bias = -dt[:, None] * self.time_slope[:, None, None]                        # (N, heads, HW, L)
-        out = F.scaled_dot_product_attention(split(self.to_q(q)), split(self.to_k(kv)), split(self.to_v(kv)), attn_mask=bias)
+        out = F.scaled_dot_product_attention(split(self.to_q(q)), split(self.to_k(kv)), split(self.to_v(kv)),
+                                             attn_mask=bias)
         out = self.to_out(out.transpose(1, 2).reshape(n, h * w, c)).transpose(1, 2).reshape(n, c, h, w)
-        return x + out.contiguous()          # contiguous: CPU GroupNorm backward crashes on the channels-last strides of the transposed view
+        # contiguous: CPU GroupNorm backward crashes on the channels-last strides of the transposed view
+        return x + out.contiguous()
 
 # %% ../nbs/16_joint_training.ipynb
 WIRINGS = ('other', 'own')
@@ -92,52 +105,66 @@ def check_lookahead(value: float | None, name: str = 'lookahead'):
 
 @dataclass
 class JointConfig:
-    "The joint model's own parts: which base LDMs it joins (shipped names and their configs), the environment encoders' configs, the wiring and connector sizes."
+    """The joint model's own parts: which base LDMs it joins (shipped names and their configs), the environment
+    encoders' configs, the wiring and connector sizes."""
     model_configs: dict = field(default_factory=dict)       # {modality: LatentDiffusionConfig fields}
     encoder_configs: dict = field(default_factory=dict)     # {modality: EnvironmentEncoderConfig fields}
     base_models: dict = field(default_factory=dict)         # {modality: shipped checkpoint name of its LDM}
     wiring: str = 'other'
     heads: int = 4
     time_dim: int = 32
-    connector_levels: dict = field(default_factory=dict)   # {modality: UNet levels with connectors}; default: its attention levels
-    sampling_lookahead: float | None = None                 # the look-ahead its connectors were trained for: the joint sampler's default (chapter 17)
+    # {modality: UNet levels with connectors}; default: its attention levels
+    connector_levels: dict = field(default_factory=dict)
+    # the look-ahead its connectors were trained for: the joint sampler's default (chapter 17)
+    sampling_lookahead: float | None = None
 
     def __post_init__(self):
-        if self.wiring not in WIRINGS: raise ValueError(f"wiring must be 'other' (the paper) or 'own' (the release), got {self.wiring!r}")
+        if self.wiring not in WIRINGS: raise ValueError(f"wiring must be 'other' (the paper) or 'own' (the release), "
+                                                        f"got {self.wiring!r}")
         check_lookahead(self.sampling_lookahead, 'sampling_lookahead')
         if set(self.model_configs) != set(self.encoder_configs):
-            raise ValueError(f'every model needs an environment encoder: models {sorted(self.model_configs)}, encoders {sorted(self.encoder_configs)}')
+            raise ValueError(f'every model needs an environment encoder: models {sorted(self.model_configs)}, encoders '
+                             f'{sorted(self.encoder_configs)}')
 
 class JointLayers(nn.Module):
     "Environment encoders and connectors of every modality: all a joint model adds to its frozen base LDMs."
     def __init__(self, config: JointConfig):
         super().__init__()
         self.config = c = config
-        self.encoders = nn.ModuleDict({m: EnvironmentEncoder(EnvironmentEncoderConfig(**e)) for m, e in c.encoder_configs.items()})
+        self.encoders = nn.ModuleDict({m: EnvironmentEncoder(EnvironmentEncoderConfig(**e))
+                                       for m, e in c.encoder_configs.items()})
         self.connectors = nn.ModuleDict()
         for m, mc in c.model_configs.items():
             unet = LatentDiffusionConfig(**mc).denoiser
             env_dim = self.encoders[m].config.env_dim
-            self.connectors[m] = nn.ModuleDict({site: JointConnector(ch, env_dim, c.heads, c.time_dim, unet['norm_groups'])
-                                                for site, ch in connector_sites(UNetConfig(**{k: unet[k] for k in ('model_channels', 'channel_mult', 'num_res_blocks', 'attention_levels')}),
-                                                                                     c.connector_levels.get(m)).items()})
+            self.connectors[m] = nn.ModuleDict({site: JointConnector(ch, env_dim, heads=c.heads, time_dim=c.time_dim,
+                                                                     groups=unet['norm_groups'])
+                                                for site, ch in connector_sites(UNetConfig(**{k: unet[k] for k in (
+                                                    'model_channels', 'channel_mult', 'num_res_blocks',
+                                                    'attention_levels')}), c.connector_levels.get(m)).items()})
 
 def _plain(x): return json.loads(json.dumps(x))
 
 # %% ../nbs/16_joint_training.ipynb
 class JointDiffusion(nn.Module):
-    """Several frozen latent diffusion models stepped together: each UNet's connectors attend to the environment tokens of
-    the other outputs being generated (wiring 'other', the paper), or to its own pooled token (wiring 'own', the release)."""
-    def __init__(self, models: dict[str, LatentDiffusion], encoders: dict[str, EnvironmentEncoder], wiring: str = 'other',
-                 heads: int = 4, time_dim: int = 32, base_models: dict[str, str] | None = None, connector_levels: dict | None = None,
+    """Several frozen latent diffusion models stepped together: each UNet's connectors attend to the environment tokens
+    of the other outputs being generated (wiring 'other', the paper), or to its own pooled token (wiring 'own', the
+    release)."""
+    def __init__(self, models: dict[str, LatentDiffusion], encoders: dict[str, EnvironmentEncoder],
+                 wiring: str = 'other', heads: int = 4, time_dim: int = 32, base_models: dict[str, str] | None = None,
+                 connector_levels: dict | None = None,
                  sampling_lookahead: float | None = None):
         super().__init__()
         for m, model in models.items():
-            if model.config.modality != m: raise ValueError(f'the model given for {m!r} generates {model.config.modality!r}')
+            if model.config.modality != m: raise ValueError(f'the model given for {m!r} generates '
+                                                            f'{model.config.modality!r}')
             if m not in encoders: raise ValueError(f'no environment encoder for {m!r}; give one per model')
-        config = JointConfig({m: asdict(x.config) for m, x in models.items()}, {m: asdict(encoders[m].config) for m in models},
-                             dict(base_models or {m: f'{m}_ldm' for m in models}), wiring, heads, time_dim,
-                             {m: list(v) for m, v in (connector_levels or {}).items()}, sampling_lookahead)
+        config = JointConfig({m: asdict(x.config) for m, x in models.items()},
+                             {m: asdict(encoders[m].config) for m in models},
+                             base_models=dict(base_models or {m: f'{m}_ldm' for m in models}), wiring=wiring,
+                             heads=heads, time_dim=time_dim,
+                             connector_levels={m: list(v) for m, v in (connector_levels or {}).items()},
+                             sampling_lookahead=sampling_lookahead)
         self.models = nn.ModuleDict(models).requires_grad_(False).eval()
         self.layers = JointLayers(config)
         for m in models: self.layers.encoders[m].load_state_dict(encoders[m].state_dict())
@@ -155,14 +182,19 @@ class JointDiffusion(nn.Module):
 
     # --- inputs
     def check_inputs(self, latents: dict, timesteps: Tensor, conditions: dict | None):
-        if not isinstance(latents, dict) or not latents: raise ValueError('latents must be a non-empty dict {modality: (B, *latent_shape)}')
+        if not isinstance(latents, dict) or not latents: raise ValueError('latents must be a non-empty dict {modality: '
+                                                                          '(B, *latent_shape)}')
         unknown = set(latents) - set(self.models)
-        if unknown: raise ValueError(f'no model for {sorted(unknown)}; this joint model generates {sorted(self.models)}')
+        if unknown: raise ValueError(f'no model for {sorted(unknown)}; this joint model generates '
+                                     f'{sorted(self.models)}')
         unknown = set(conditions or {}) - set(latents)
-        if unknown: raise ValueError(f'conditions given for {sorted(unknown)}, which are not being generated ({sorted(latents)})')
+        if unknown: raise ValueError(f'conditions given for {sorted(unknown)}, which are not being generated '
+                                     f'({sorted(latents)})')
         sizes = {len(x) for x in latents.values()}
-        if len(sizes) != 1: raise ValueError(f'every modality needs the same batch size, got { {m: len(x) for m, x in latents.items()} }')
-        if timesteps.ndim != 1 or len(timesteps) != sizes.pop(): raise ValueError(f'timesteps must have shape (B,), got {tuple(timesteps.shape)}')
+        if len(sizes) != 1: raise ValueError(f'every modality needs the same batch size, got '
+                                             f'{ {m: len(x) for m, x in latents.items()} }')
+        if timesteps.ndim != 1 or len(timesteps) != sizes.pop(): raise ValueError(f'timesteps must have shape (B,), '
+                                                                                  f'got {tuple(timesteps.shape)}')
         for m, x in latents.items(): self.models[m].check_latents(x)
 
     # --- the environment
@@ -170,9 +202,11 @@ class JointDiffusion(nn.Module):
         "Each modality's environment tokens (B, L, env_dim) from its current noisy latents."
         return {m: self.encoders[m](x, timesteps) for m, x in latents.items()}
 
-    def noised_environment(self, clean: dict[str, Tensor], timesteps: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def noised_environment(self, clean: dict[str, Tensor], timesteps: Tensor,
+                           generator: torch.Generator | None = None) -> dict[str, Tensor]:
         "Environment tokens of clean latents noised afresh to `timesteps`: the partners as a look-ahead shows them."
-        return self.environment({m: self.models[m].schedule.add_noise(z.contiguous(), torch.randn(z.shape, generator=generator).to(z.device), timesteps)
+        return self.environment({m: self.models[m].schedule.add_noise(
+            z.contiguous(), torch.randn(z.shape, generator=generator).to(z.device), timesteps)
                                  for m, z in clean.items()}, timesteps)
 
     def token_times(self, modality: str, length: int) -> Tensor:
@@ -181,7 +215,8 @@ class JointDiffusion(nn.Module):
         return torch.full((length,), float('nan')) if times is None else torch.as_tensor(times, dtype=torch.float32)
 
     def partner_tokens(self, modality: str, env: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        "What `modality`'s connectors attend to, and the tokens' times (None: all timeless): the other outputs' tokens ('other') or its own pooled token ('own')."
+        """What `modality`'s connectors attend to, and the tokens' times (None: all timeless): the other outputs' tokens
+        ('other') or its own pooled token ('own')."""
         if self.config.wiring == 'own': return F.normalize(env[modality].mean(1), dim=-1)[:, None], None
         others = [m for m in env if m != modality]
         tokens = torch.cat([env[m] for m in others], 1)
@@ -189,7 +224,8 @@ class JointDiffusion(nn.Module):
         return tokens, torch.cat([self.token_times(m, env[m].shape[1]) for m in others])
 
     def query_times(self, modality: str, h: Tensor, frames: int) -> Tensor | None:
-        "(N, H) seconds of each feature row of `modality`'s map h (N, C, H, W): a video frame's time, an audio row's time at this resolution; None for timeless modalities."
+        """(N, H) seconds of each feature row of `modality`'s map h (N, C, H, W): a video frame's time, an audio row's
+        time at this resolution; None for timeless modalities."""
         times = self.encoders[modality].token_times()
         if times is None: return None
         times = torch.as_tensor(times, dtype=torch.float32)
@@ -199,9 +235,11 @@ class JointDiffusion(nn.Module):
         return times.reshape(rows, -1).mean(1)[None].expand(len(h), -1)
 
     # --- prediction
-    def raw_outputs(self, latents: dict[str, Tensor], timesteps: Tensor, conditions: dict[str, Tensor | None] | None = None,
+    def raw_outputs(self, latents: dict[str, Tensor], timesteps: Tensor,
+                    conditions: dict[str, Tensor | None] | None = None,
                     env: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        "Each denoiser's raw output (noise or velocity, as its model predicts); one modality alone runs its base model unchanged."
+        """Each denoiser's raw output (noise or velocity, as its model predicts); one modality alone runs its base model
+        unchanged."""
         conditions = conditions or {}
         self.check_inputs(latents, timesteps, conditions)
         if len(latents) == 1:
@@ -213,35 +251,45 @@ class JointDiffusion(nn.Module):
             tokens, times = self.partner_tokens(m, env)
             def connect(site: str, h: Tensor, frames: int, m=m, tokens=tokens, times=times, sites=sites) -> Tensor:
                 if site not in sites: return h
-                return sites[site](h, tokens.repeat_interleave(len(h) // len(tokens), 0), times, self.query_times(m, h, frames))
+                return sites[site](h, tokens.repeat_interleave(len(h) // len(tokens), 0), times,
+                                   self.query_times(m, h, frames))
             out[m] = model.denoiser(x, timesteps, model.condition_tokens(conditions.get(m), len(x)), connect=connect)
         return out
 
-    def predict_noise(self, latents: dict[str, Tensor], timesteps: Tensor, conditions: dict[str, Tensor | None] | None = None,
+    def predict_noise(self, latents: dict[str, Tensor], timesteps: Tensor,
+                      conditions: dict[str, Tensor | None] | None = None,
                       env: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        "Predicted noise of every modality in `latents` {modality: (B, *latent_shape)} at shared integer timesteps (B,), each with its condition (None: unconditional); `env` replaces the environment tokens computed from `latents`."
+        """Predicted noise of every modality in `latents` {modality: (B, *latent_shape)} at shared integer timesteps
+        (B,), each with its condition (None: unconditional); `env` replaces the environment tokens computed from
+        `latents`."""
         raw = self.raw_outputs(latents, timesteps, conditions, env)
-        return {m: out if self.models[m].config.prediction == 'epsilon' else self.models[m].schedule.eps_from_velocity(latents[m], out, timesteps)
+        return {m: out if self.models[m].config.prediction == 'epsilon' else self.models[m].schedule.eps_from_velocity(
+            latents[m], out, timesteps)
                 for m, out in raw.items()}
 
     def forward(self, latents, timesteps, conditions=None): return self.predict_noise(latents, timesteps, conditions)
 
     # --- saving: the joint layers only; the base LDMs are referenced by their shipped names
     def save(self, path, extra: dict | None = None):
-        "Write the environment encoders and connectors (float16) and the base models' names and configs; not the base models."
+        """Write the environment encoders and connectors (float16) and the base models' names and configs; not the base
+        models."""
         return save_pretrained(copy.deepcopy(self.layers).half(), path, extra=dict(extra or {}, stored_dtype='float16'))
 
     @classmethod
     def load(cls, path, models: dict[str, LatentDiffusion] | None = None) -> JointDiffusion:
-        "A joint model saved by `save`, on `models` or else on the shipped base LDMs it names; refuses base models other than the ones it was trained on."
+        """A joint model saved by `save`, on `models` or else on the shipped base LDMs it names; refuses base models
+        other than the ones it was trained on."""
         layers = load_pretrained(path)
         c = layers.config
         models = models or {m: load_shipped(name) for m, name in c.base_models.items()}
         for m, mc in c.model_configs.items():
-            if m not in models: raise ValueError(f'{path} joins a {m} model; give one in `models` (it was trained on {c.base_models[m]!r})')
+            if m not in models: raise ValueError(f'{path} joins a {m} model; give one in `models` (it was trained on '
+                                                 f'{c.base_models[m]!r})')
             if _plain(asdict(models[m].config)) != _plain(asdict(LatentDiffusionConfig(**mc))):  # names, not paths
-                raise ValueError(f'the {m} model given is not the one {path} was trained on ({c.base_models[m]!r}): configs differ')
-        joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels,
+                raise ValueError(f'the {m} model given is not the one {path} was trained on ({c.base_models[m]!r}): '
+                                 f'configs differ')
+        joint = cls({m: models[m] for m in c.model_configs}, dict(layers.encoders), c.wiring, c.heads, c.time_dim,
+                    c.base_models, c.connector_levels,
                     c.sampling_lookahead)
         joint.layers.load_state_dict(layers.state_dict())
         return joint.eval()
@@ -253,15 +301,19 @@ class JointDiffusion(nn.Module):
 
     # --- training
     def loss_parts(self, latents: dict[str, Tensor], conditions: dict[str, Tensor], trainable: set[str],
-                   alignment_weight: float = 0.1, generator: torch.Generator | None = None, lookahead: float | None = None) -> dict[str, Tensor]:
-        """Denoising loss of every modality (one shared timestep per example, each model's own target; conditions dropped to
-        zero together, at each model's condition_dropout rate) and the alignment loss between the pair's pooled environment
-        vectors; frozen modalities' vectors are detached. `lookahead` (in [0, 1]): the connectors read tokens of the partners'
-        clean latents noised (afresh) to timestep lookahead·t, as `sample_jointly(lookahead=...)` gives them (chapter 17)."""
-        if not set(trainable) <= set(latents): raise ValueError(f'trainable {sorted(trainable)} must be among the modalities given, {sorted(latents)}')
+                   alignment_weight: float = 0.1, generator: torch.Generator | None = None,
+                   lookahead: float | None = None) -> dict[str, Tensor]:
+        """Denoising loss of every modality (one shared timestep per example, each model's own target; conditions
+        dropped to zero together, at each model's condition_dropout rate) and the alignment loss between the pair's
+        pooled environment vectors; frozen modalities' vectors are detached. `lookahead` (in [0, 1]): the connectors
+        read tokens of the partners' clean latents noised (afresh) to timestep lookahead·t, as
+        `sample_jointly(lookahead=...)` gives them (chapter 17)."""
+        if not set(trainable) <= set(latents): raise ValueError(f'trainable {sorted(trainable)} must be among the '
+                                                                f'modalities given, {sorted(latents)}')
         check_lookahead(lookahead)
         b = len(next(iter(latents.values()))); device = next(iter(latents.values())).device
-        t = torch.randint(0, min(self.models[m].config.num_train_steps for m in latents), (b,), generator=generator).to(device)
+        t = torch.randint(0, min(self.models[m].config.num_train_steps for m in latents), (b,),
+                          generator=generator).to(device)
         drop = torch.rand(b, generator=generator).to(device)
         noisy, targets, conds = {}, {}, {}
         for m, z in latents.items():
@@ -279,11 +331,14 @@ class JointDiffusion(nn.Module):
         raw = self.raw_outputs(noisy, t, conds, read)
         parts = {m: F.mse_loss(raw[m], targets[m]) for m in latents}
         if len(latents) == 2 and alignment_weight:
-            pooled = [F.normalize(env[m].mean(1), dim=-1) if m in trainable else F.normalize(env[m].mean(1), dim=-1).detach() for m in latents]
+            pooled = [F.normalize(env[m].mean(1), dim=-1) if m in trainable else F.normalize(
+                env[m].mean(1), dim=-1).detach() for m in latents]
             parts['alignment'] = alignment_weight * environment_alignment_loss(*pooled)
         return parts
 
-    def loss(self, latents: dict[str, Tensor], conditions: dict[str, Tensor], trainable: set[str], alignment_weight: float = 0.1,
+    def loss(self, latents: dict[str, Tensor], conditions: dict[str, Tensor], trainable: set[str],
+             alignment_weight: float = 0.1,
              generator: torch.Generator | None = None, lookahead: float | None = None) -> Tensor:
         "The sum of `loss_parts`: the pair's denoising losses plus the weighted alignment loss."
-        return sum(self.loss_parts(latents, conditions, trainable, alignment_weight, generator, lookahead).values())
+        return sum(self.loss_parts(latents, conditions, trainable=trainable, alignment_weight=alignment_weight,
+                                   generator=generator, lookahead=lookahead).values())

@@ -11,7 +11,8 @@ from torch import Tensor
 from .checkpoint import load_shipped
 from .latent_diffusion import ModalityCodecs
 from .modalities import MODALITIES
-from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, make_sampler, sample_loop, guided_prediction
+from .samplers import (SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, make_sampler, sample_loop,
+                              guided_prediction)
 from .prompt_encoders import PromptEncoders
 from .composable import ComposableGenerator, parse_outputs
 from .joint import JointDiffusion, check_lookahead
@@ -20,27 +21,33 @@ from .joint import JointDiffusion, check_lookahead
 __all__ = ['sample_jointly', 'JointGenerator']
 
 # %% ../nbs/17_joint_sampling.ipynb
-def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
-                   guidance: float = DEFAULT_GUIDANCE, generator: torch.Generator | None = None, independent: bool = False,
+def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler: str = DEFAULT_SAMPLER,
+                   steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                   generator: torch.Generator | None = None, independent: bool = False,
                    progress: bool = False, lookahead: float | None | str = 'trained') -> dict[str, Tensor]:
-    """Latents of every output named in `conditions` {modality: prompt vectors (B, D)}, stepped together: at each timestep every
-    model predicts its noise while its connectors see the other outputs' current latents. `independent` runs each model alone
-    from the same starting noise (the no-cross-attention baseline). `lookahead` (in [0, 1]): the environment tokens are computed
-    instead from each output's predicted clean latent of the previous step, re-noised to timestep `lookahead`·t;
-    None: off (the paper's sampler); 'trained': the look-ahead the joint model's connectors were trained for (`joint.config.sampling_lookahead`)."""
+    """Latents of every output named in `conditions` {modality: prompt vectors (B, D)}, stepped together: at each
+    timestep every model predicts its noise while its connectors see the other outputs' current latents.
+    `independent` runs each model alone from the same starting noise (the no-cross-attention baseline). `lookahead`
+    (in [0, 1]): the environment tokens are computed instead from each output's predicted clean latent of the
+    previous step, re-noised to timestep `lookahead`·t; None: off (the paper's sampler); 'trained': the look-ahead
+    the joint model's connectors were trained for (`joint.config.sampling_lookahead`)."""
     if lookahead == 'trained': lookahead = joint.config.sampling_lookahead
     check_lookahead(lookahead)
     if not conditions: raise ValueError('conditions must name at least one output: {modality: prompt vectors (B, D)}')
     unknown = set(conditions) - set(joint.models)
     if unknown: raise ValueError(f'no model for {sorted(unknown)}; this joint model generates {sorted(joint.models)}')
-    outputs = [m for m in MODALITIES if m in conditions]              # a fixed order, so the same seed gives the same noise
+    # a fixed order, so the same seed gives the same noise
+    outputs = [m for m in MODALITIES if m in conditions]
     models = {m: joint.models[m] for m in outputs}
-    conds = {m: models[m].condition_tokens(conditions[m], len(torch.as_tensor(conditions[m]).reshape(-1, models[m].config.condition_dim)))
+    conds = {m: models[m].condition_tokens(
+        conditions[m], len(torch.as_tensor(conditions[m]).reshape(-1, models[m].config.condition_dim)))
              for m in outputs}
     sizes = {len(c) for c in conds.values()}
-    if len(sizes) != 1: raise ValueError(f'every output needs the same number of conditions, got { {m: len(c) for m, c in conds.items()} }')
+    if len(sizes) != 1: raise ValueError(f'every output needs the same number of conditions, got '
+                                         f'{ {m: len(c) for m, c in conds.items()} }')
     b, device = sizes.pop(), next(joint.parameters()).device
-    samplers = {m: make_sampler(sampler, models[m].schedule, steps) for m in outputs}   # each on its own schedule, all at the same t
+    # each on its own schedule, all at the same t
+    samplers = {m: make_sampler(sampler, models[m].schedule, steps) for m in outputs}
     clean = {}                                                            # predicted clean latents of the previous step
     def denoise(x: dict[str, Tensor], tb: Tensor) -> dict[str, Tensor]:
         t, eps = int(tb[0]), {}
@@ -49,8 +56,9 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
             if lookahead is not None and clean and len(group) > 1:
                 ahead = torch.full((b,), int(t * lookahead), dtype=torch.long, device=device)
                 env = joint.noised_environment({m: clean[m] for m in group}, ahead, generator)
-            eps |= guided_prediction(joint.predict_noise, group, tb, {m: conds[m] for m in group},
-                                     {m: torch.zeros_like(conds[m]) for m in group}, guidance, env=env)
+            eps |= guided_prediction(joint.predict_noise, group, t=tb, condition={m: conds[m] for m in group},
+                                     uncondition={m: torch.zeros_like(conds[m]) for m in group}, scale=guidance,
+                                     env=env)
         if lookahead is not None: clean.update({m: models[m].schedule.predict_x0(x[m], eps[m], t) for m in outputs})
         return eps
     return sample_loop(denoise, {m: (b, *models[m].config.latent_shape) for m in outputs}, samplers,
@@ -58,7 +66,8 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
 
 # %% ../nbs/17_joint_sampling.ipynb
 class JointGenerator(ComposableGenerator):
-    "Any-to-any: the composable conditioning of chapter 14 for the inputs, the joint sampler for several outputs at once."
+    """Any-to-any: the composable conditioning of chapter 14 for the inputs, the joint sampler for several outputs at
+    once."""
     def __init__(self, encoders: PromptEncoders, codecs: ModalityCodecs, joint: JointDiffusion):
         super().__init__(encoders, codecs, dict(joint.models.items()))
         self.joint = joint
@@ -71,14 +80,17 @@ class JointGenerator(ComposableGenerator):
     def generate_jointly(self, inputs: dict, outputs: Sequence[str], weights: dict | None = None, n: int = 1,
                          steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
                          seed: int = 0, normalize: bool = True,
-                         independent: bool = False, progress: bool = False, lookahead: float | None | str = 'trained') -> dict[str, list]:
-        "`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of `inputs`; {modality: samples}."
+                         independent: bool = False, progress: bool = False,
+                         lookahead: float | None | str = 'trained') -> dict[str, list]:
+        """`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of
+        `inputs`; {modality: samples}."""
         outputs = parse_outputs(outputs)
         if n < 1: raise ValueError(f'n must be at least 1, got {n}')
         if sampler not in SAMPLERS: raise ValueError(f'sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}')
         missing = [m for m in outputs if m not in self.models]
         if missing: raise ValueError(f'no model for {missing}; this generator has {sorted(self.models)}')
         cond = self.condition(inputs, weights, normalize)[None].expand(n, -1)
-        latents = sample_jointly(self.joint, {m: cond for m in outputs}, sampler, steps, guidance,
-                                 torch.Generator().manual_seed(seed), independent, progress, lookahead)
+        latents = sample_jointly(self.joint, {m: cond for m in outputs}, sampler=sampler, steps=steps,
+                                 guidance=guidance, generator=torch.Generator().manual_seed(seed),
+                                 independent=independent, progress=progress, lookahead=lookahead)
         return {m: list(self.codecs.decode(m, latents[m])) for m in outputs}

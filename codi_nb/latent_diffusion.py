@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .schedule import NoiseSchedule
-from .samplers import make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
+from .samplers import (make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS,
+                              DEFAULT_GUIDANCE)
 from .unet import UNetConfig, UNetModel
 
 from .modalities import MODALITIES
@@ -35,7 +36,8 @@ def config_class_of(model_class: type) -> type:
 # %% ../nbs/10_image_ldm.ipynb
 @dataclass
 class LatentDiffusionConfig:
-    "One modality's latent diffusion model: which denoiser (registered class name + its config fields), the latent's shape, the prompt space, the noise schedule."
+    """One modality's latent diffusion model: which denoiser (registered class name + its config fields), the latent's
+    shape, the prompt space, the noise schedule."""
     modality: str = 'image'
     latent_shape: tuple = (4, 8, 8)
     denoiser_class: str = 'UNetModel'                # a name registered in chapter 03a (CHECKPOINT_CLASSES)
@@ -45,30 +47,39 @@ class LatentDiffusionConfig:
     num_train_steps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction: str = 'epsilon'                      # what the denoiser outputs: 'epsilon' (noise, as CoDi) or 'v' (velocity)
-    timestep_density: str = 'uniform'                # how training draws t: 'uniform' (as CoDi) or 'linear' (density grows with t: more of the noisiest steps)
+    # what the denoiser outputs: 'epsilon' (noise, as CoDi) or 'v' (velocity)
+    prediction: str = 'epsilon'
+    # how training draws t: 'uniform' (as CoDi) or 'linear' (density grows with t: more of the noisiest steps)
+    timestep_density: str = 'uniform'
 
     def __post_init__(self):
-        if self.modality not in MODALITIES: raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
-        if self.prediction not in ('epsilon', 'v'): raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
-        if self.timestep_density not in ('uniform', 'linear'): raise ValueError(f"timestep_density must be 'uniform' or 'linear', got {self.timestep_density!r}")
+        if self.modality not in MODALITIES: raise ValueError(f'modality must be one of {MODALITIES}, got '
+                                                             f'{self.modality!r}')
+        if self.prediction not in ('epsilon', 'v'): raise ValueError(f"prediction must be 'epsilon' or 'v', got "
+                                                                     f"{self.prediction!r}")
+        if self.timestep_density not in ('uniform', 'linear'): raise ValueError(f"timestep_density must be 'uniform' "
+                                                                                f"or 'linear', got "
+                                                                                f"{self.timestep_density!r}")
         if is_dataclass(self.denoiser): self.denoiser = asdict(self.denoiser)
         self.denoiser_class = checkpoint_name(self.denoiser_class)  # a class, short name or old path → its short name
         if not issubclass(checkpoint_class(self.denoiser_class), nn.Module):
             raise ValueError(f'denoiser_class must name a model class, got the config class {self.denoiser_class!r}')
         self.latent_shape = tuple(self.latent_shape)
-        if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got {self.condition_dropout}')
+        if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got '
+                                                                 f'{self.condition_dropout}')
 
 # %% ../nbs/10_image_ldm.ipynb
 class LatentDiffusion(nn.Module):
-    "A denoiser eps(z_t, t, c) on one modality's latents, conditioned by cross-attention on prompt vectors; trains with condition dropout and samples with classifier-free guidance."
+    """A denoiser eps(z_t, t, c) on one modality's latents, conditioned by cross-attention on prompt vectors; trains
+    with condition dropout and samples with classifier-free guidance."""
     def __init__(self, config: LatentDiffusionConfig):
         super().__init__()
         self.config = c = config
         denoiser_class = checkpoint_class(c.denoiser_class)
         self.denoiser = denoiser_class(config_class_of(denoiser_class)(**c.denoiser))
         if getattr(self.denoiser.config, 'context_dim', c.condition_dim) != c.condition_dim:
-            raise ValueError(f'the denoiser attends to {self.denoiser.config.context_dim}-d context, the prompt space has {c.condition_dim}')
+            raise ValueError(f'the denoiser attends to {self.denoiser.config.context_dim}-d context, the prompt space '
+                             f'has {c.condition_dim}')
         self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)
 
     def condition_tokens(self, condition: Tensor | None, batch_size: int) -> Tensor:
@@ -86,10 +97,12 @@ class LatentDiffusion(nn.Module):
 
     def check_latents(self, latents: Tensor):
         if tuple(latents.shape[1:]) != self.config.latent_shape:
-            raise ValueError(f'{self.config.modality} latents must be (B, {", ".join(map(str, self.config.latent_shape))}), got {tuple(latents.shape)}')
+            raise ValueError(f'{self.config.modality} latents must be (B, '
+                             f'{", ".join(map(str, self.config.latent_shape))}), got {tuple(latents.shape)}')
 
     def forward(self, latents: Tensor, timesteps: Tensor, condition: Tensor | None = None) -> Tensor:
-        "The denoiser's raw output (noise, or velocity when `config.prediction == 'v'`) for `latents` (B, *latent_shape) at integer `timesteps` (B,)."
+        """The denoiser's raw output (noise, or velocity when `config.prediction == 'v'`) for `latents` (B,
+        *latent_shape) at integer `timesteps` (B,)."""
         self.check_latents(latents)
         return self.denoiser(latents, timesteps, self.condition_tokens(condition, len(latents)))
 
@@ -99,13 +112,15 @@ class LatentDiffusion(nn.Module):
         return out if self.config.prediction == 'epsilon' else self.schedule.eps_from_velocity(latents, out, timesteps)
 
     def training_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        "Integer timesteps for a training batch: uniform, or with density growing linearly in t (`config.timestep_density`)."
+        """Integer timesteps for a training batch: uniform, or with density growing linearly in t
+        (`config.timestep_density`)."""
         n = self.config.num_train_steps
         if self.config.timestep_density == 'uniform': return torch.randint(0, n, (batch_size,), generator=generator)
         return (n * torch.rand(batch_size, generator=generator).sqrt()).long().clamp(max=n - 1)   # P(t < s) = (s / n)²
 
     def loss(self, latents: Tensor, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        "The denoising loss ||eps - eps_theta(sqrt(abar) z + sqrt(1 - abar) eps, t, c)||² (or the same on the velocity), with each condition dropped to zero at rate `condition_dropout`."
+        """The denoising loss ||eps - eps_theta(sqrt(abar) z + sqrt(1 - abar) eps, t, c)||² (or the same on the
+        velocity), with each condition dropped to zero at rate `condition_dropout`."""
         b, device = len(latents), latents.device
         cond = self.condition_tokens(condition, b)
         drop = torch.rand(b, generator=generator) < self.config.condition_dropout
@@ -116,33 +131,40 @@ class LatentDiffusion(nn.Module):
         return F.mse_loss(self(self.schedule.add_noise(latents, noise, t), t, cond), target)
 
     def guided_denoiser(self, condition: Tensor, guidance: float = DEFAULT_GUIDANCE):
-        "eps(x, t) with classifier-free guidance: eps_u + guidance (eps_c - eps_u); the unconditional input is the zero vector."
+        """eps(x, t) with classifier-free guidance: eps_u + guidance (eps_c - eps_u); the unconditional input is the
+        zero vector."""
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             cond = self.condition_tokens(condition, len(x))
-            return guided_prediction(self.predict_noise, x, t, cond, torch.zeros_like(cond), guidance)
+            return guided_prediction(self.predict_noise, x, t=t, condition=cond, uncondition=torch.zeros_like(cond),
+                                     scale=guidance)
         return denoise
 
     @torch.no_grad()
     def sample(self, condition: Tensor, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
-               guidance: float = DEFAULT_GUIDANCE, generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+               guidance: float = DEFAULT_GUIDANCE, generator: torch.Generator | None = None,
+               progress: bool = False) -> Tensor:
         "Latents (B, *latent_shape) for prompt vectors `condition` (B, D) (one sample per row)."
         cond = self.condition_tokens(condition, len(torch.as_tensor(condition).reshape(-1, self.config.condition_dim)))
         device = next(self.parameters()).device
         return sample_loop(self.guided_denoiser(cond, guidance), (len(cond), *self.config.latent_shape),
-                           make_sampler(sampler, self.schedule, steps), generator=generator, device=device, progress=progress)
+                           make_sampler(sampler, self.schedule, steps), generator=generator, device=device,
+                           progress=progress)
 
 # %% ../nbs/10_image_ldm.ipynb
 class ModalityCodecs:
-    """Media ↔ diffusion latents for every modality: image VAE (images), video VAE (videos, frame by frame; the image VAE
-    if none is given, as in the official CoDi), mel codec (audio), text VAE (captions)."""
-    def __init__(self, image_vae: nn.Module, audio_codec: AudioCodec, text_vae: nn.Module, video_vae: nn.Module | None = None):
+    """Media ↔ diffusion latents for every modality: image VAE (images), video VAE (videos, frame by frame; the image
+    VAE if none is given, as in the official CoDi), mel codec (audio), text VAE (captions)."""
+    def __init__(self, image_vae: nn.Module, audio_codec: AudioCodec, text_vae: nn.Module,
+                 video_vae: nn.Module | None = None):
         self.image_vae, self.audio_codec, self.text_vae = image_vae, audio_codec, text_vae
         self.video_vae = image_vae if video_vae is None else video_vae
 
     @classmethod
     def shipped(cls) -> 'ModalityCodecs':
-        "The book's tiny trained codecs; video frames use chapter 05's autoencoder with the decoder chapter 11 tunes on the video model's latents."
-        return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'), load_shipped('video_vae_tuned'))
+        """The book's tiny trained codecs; video frames use chapter 05's autoencoder with the decoder chapter 11 tunes
+        on the video model's latents."""
+        return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'),
+                   load_shipped('video_vae_tuned'))
 
     def autoencoder_for(self, modality: str) -> nn.Module:
         "The image autoencoder for 'image', the video one for 'video'."
@@ -153,9 +175,12 @@ class ModalityCodecs:
         if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
         if modality == 'text':
             media = [media] if isinstance(media, str) else list(media)
-            with torch.no_grad(): return torch.cat([self.text_vae.encode_text(media[i:i + batch_size]) for i in range(0, len(media), batch_size)])
-        coder = self.audio_codec.encode if modality == 'audio' else (lambda x: encode_to_latent(self.autoencoder_for(modality), x))
-        with torch.no_grad(): return torch.cat([coder(media[i:i + batch_size]) for i in range(0, len(media), batch_size)])
+            with torch.no_grad(): return torch.cat([self.text_vae.encode_text(media[i:i + batch_size])
+                                                    for i in range(0, len(media), batch_size)])
+        coder = self.audio_codec.encode if modality == 'audio' else (
+            lambda x: encode_to_latent(self.autoencoder_for(modality), x))
+        with torch.no_grad(): return torch.cat([coder(media[i:i + batch_size])
+                                                for i in range(0, len(media), batch_size)])
 
     def decode(self, modality: str, latents: Tensor):
         "Latents → uint8 images / videos, float waves (numpy), or a list of captions."

@@ -18,7 +18,8 @@ class Modality:
     item_ndim: int | None           # array dimensions of one raw item; None: a string
     item_form: str                  # how one item is given, for messages
     latent_ndim: int                # axes of one latent, channels first: a vector (1), a map (3), a clip of maps (4)
-    token_axis: int | None          # latent axis (after channels) that becomes the environment-token sequence; None: one token
+    # latent axis (after channels) that becomes the environment-token sequence; None: one token
+    token_axis: int | None
     suffixes: tuple[str, ...]       # file types that hold it, the first one written
 
     def is_single(self, value) -> bool:
@@ -27,10 +28,10 @@ class Modality:
         return not isinstance(value, (list, tuple)) and np.ndim(value) == self.item_ndim
 
 MODALITY_TABLE: dict[str, Modality] = {m.name: m for m in (
-    Modality('text', None, 'a caption string', 1, None, ('.txt',)),
-    Modality('image', 3, '(H, W, 3) uint8', 3, None, ('.png',)),
-    Modality('video', 4, '(F, H, W, 3) uint8', 4, 1, ('.mp4', '.npy')),
-    Modality('audio', 1, '(samples,) float at 16 kHz', 3, 1, ('.wav',)))}
+    Modality('text', None, item_form='a caption string', latent_ndim=1, token_axis=None, suffixes=('.txt',)),
+    Modality('image', 3, item_form='(H, W, 3) uint8', latent_ndim=3, token_axis=None, suffixes=('.png',)),
+    Modality('video', 4, item_form='(F, H, W, 3) uint8', latent_ndim=4, token_axis=1, suffixes=('.mp4', '.npy')),
+    Modality('audio', 1, item_form='(samples,) float at 16 kHz', latent_ndim=3, token_axis=1, suffixes=('.wav',)))}
 MODALITIES: tuple[str, ...] = tuple(MODALITY_TABLE)      # in this order everywhere (joint sampling draws noise in it)
 
 def modality(name: str) -> Modality:

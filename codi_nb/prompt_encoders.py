@@ -22,7 +22,8 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'PromptTokenizer', 'PromptEncoderConfig', 't
 
 # %% ../nbs/08_prompt_encoders.ipynb
 class PromptTokenizer:
-    "Word-level CLIP tokenizer: [PAD]=0, [UNK]=1, the words, then [SOT] and [EOT] as the two highest ids (CLIP pools at the highest id)."
+    """Word-level CLIP tokenizer: [PAD]=0, [UNK]=1, the words, then [SOT] and [EOT] as the two highest ids (CLIP pools
+    at the highest id)."""
     def __init__(self, words: Sequence[str], context_length: int = 16):
         self.words = tuple(words)
         self.vocab = ('[PAD]', '[UNK]') + self.words + ('[SOT]', '[EOT]')
@@ -32,14 +33,16 @@ class PromptTokenizer:
     def __len__(self): return len(self.vocab)
 
     def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
-        "Captions → ids (B, context_length): [SOT] words [EOT] [PAD]…; unknown words become [UNK], long captions are cut."
+        """Captions → ids (B, context_length): [SOT] words [EOT] [PAD]…; unknown words become [UNK], long captions are
+        cut."""
         if isinstance(texts, str): texts = [texts]
         rows = []
         for text in texts:
             if not isinstance(text, str): raise TypeError(f'captions must be strings, got {type(text).__name__}')
             words = split_words(text)
             if not words: raise ValueError(f'caption {text!r} has no words')
-            ids = [self.ids['[SOT]']] + [self.ids.get(w, 1) for w in words][:self.context_length - 2] + [self.ids['[EOT]']]
+            ids = [self.ids['[SOT]']] + [self.ids.get(w, 1)
+                                         for w in words][:self.context_length - 2] + [self.ids['[EOT]']]
             rows.append(ids + [0] * (self.context_length - len(ids)))
         return torch.tensor(rows)
 
@@ -59,14 +62,18 @@ class PromptEncoderConfig:
     audio_channels: int = 32
 
 def tiny_clip(config: PromptEncoderConfig, vocab_size: int) -> open_clip.CLIP:
-    "An open_clip CLIP at the book's size: a ViT on 32×32 images (4×4 patches of 8 pixels) and a causal text transformer."
+    """An open_clip CLIP at the book's size: a ViT on 32×32 images (4×4 patches of 8 pixels) and a causal text
+    transformer."""
     c = config
     return open_clip.CLIP(c.embed_dim,
-        vision_cfg=CLIPVisionCfg(layers=c.layers, width=c.width, head_width=c.width // c.heads, patch_size=c.patch_size, image_size=c.image_size),
-        text_cfg=CLIPTextCfg(context_length=c.context_length, vocab_size=vocab_size, width=c.width, heads=c.heads, layers=c.layers))
+        vision_cfg=CLIPVisionCfg(layers=c.layers, width=c.width, head_width=c.width // c.heads, patch_size=c.patch_size,
+                                 image_size=c.image_size), text_cfg=CLIPTextCfg(context_length=c.context_length,
+                                                                                vocab_size=vocab_size, width=c.width,
+                                                                                heads=c.heads, layers=c.layers))
 
 def codi_clip(device='meta') -> open_clip.CLIP:
-    "CoDi's CLIP at full size (ViT-L/14, 768-d space) from open_clip's bundled config; on `meta` by default (no memory, no weights)."
+    """CoDi's CLIP at full size (ViT-L/14, 768-d space) from open_clip's bundled config; on `meta` by default (no
+    memory, no weights)."""
     with torch.device(device): return open_clip.CLIP(**open_clip.get_model_config('ViT-L-14'))
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -88,7 +95,8 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor
 
 # %% ../nbs/08_prompt_encoders.ipynb
 class VideoEncoder(nn.Module):
-    "CLIP's vision tower on every frame, attention across all frames' patch tokens, pooled and added to the mean frame embedding."
+    """CLIP's vision tower on every frame, attention across all frames' patch tokens, pooled and added to the mean frame
+    embedding."""
     def __init__(self, visual: nn.Module, config: PromptEncoderConfig):
         super().__init__()
         w = config.width
@@ -102,7 +110,8 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         "uint8 videos (B, T, H, W, 3) → embeddings (B, embed_dim), not normalised."
-        if video.ndim != 5 or video.shape[-1] != 3: raise ValueError(f'expected videos (batch, frames, H, W, 3), got {tuple(video.shape)}')
+        if video.ndim != 5 or video.shape[-1] != 3: raise ValueError(f'expected videos (batch, frames, H, W, 3), got '
+                                                                     f'{tuple(video.shape)}')
         b, t = video.shape[:2]
         if t != len(self.frame_position): raise ValueError(f'expected {len(self.frame_position)} frames, got {t}')
         pooled, tokens = self.visual(images_for_clip(video.reshape(b * t, *video.shape[2:])))   # (B·T, D), (B·T, P, W)
@@ -123,7 +132,9 @@ class AudioEncoder(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         "Waveforms (B, samples) at 16 kHz → embeddings (B, embed_dim), not normalised."
-        if wave.ndim != 2 or not wave.is_floating_point(): raise ValueError(f'expected float waveforms (batch, samples), got {tuple(wave.shape)} {wave.dtype}')
+        if wave.ndim != 2 or not wave.is_floating_point(): raise ValueError(f'expected float waveforms (batch, '
+                                                                            f'samples), got {tuple(wave.shape)} '
+                                                                            f'{wave.dtype}')
         x = (self.mel(wave) + 5.0) / 5.0                                       # log-mel, roughly in [-1.3, 1]
         h = self.convs(x)                                                      # (B, C, T/8, F/8)
         return self.proj(h.amax(2).flatten(1))                                 # max over time: a beep anywhere counts
@@ -131,7 +142,8 @@ class AudioEncoder(nn.Module):
 # %% ../nbs/08_prompt_encoders.ipynb
 @dataclass
 class PromptEncodersConfig(PromptEncoderConfig):
-    "Sizes of all four prompt encoders plus the caption words of the tokenizer (ToyWorld's: `toyworld_caption_words()`)."
+    """Sizes of all four prompt encoders plus the caption words of the tokenizer (ToyWorld's:
+    `toyworld_caption_words()`)."""
     words: tuple = ()
 
     def __post_init__(self):
@@ -142,7 +154,8 @@ class PromptEncodersConfig(PromptEncoderConfig):
 from .modalities import MODALITIES, MODALITY_TABLE
 
 class PromptEncoders(nn.Module):
-    "Text, image, video and audio encoders into one `embed_dim` space: CLIP's two towers, a video tower, an audio tower."
+    """Text, image, video and audio encoders into one `embed_dim` space: CLIP's two towers, a video tower, an audio
+    tower."""
     def __init__(self, config: PromptEncodersConfig | None = None):
         super().__init__()
         self.config = c = config or PromptEncodersConfig()
@@ -161,13 +174,15 @@ class PromptEncoders(nn.Module):
 
     @torch.no_grad()
     def encode(self, inputs: dict, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        "{'text': captions, 'image': uint8 (B,H,W,3), 'video': uint8 (B,T,H,W,3), 'audio': float (B,samples) at 16 kHz} → {modality: L2-normalised (B, embed_dim)}. Single items may drop the batch axis."
+        """{'text': captions, 'image': uint8 (B,H,W,3), 'video': uint8 (B,T,H,W,3), 'audio': float (B,samples) at 16
+        kHz} → {modality: L2-normalised (B, embed_dim)}. Single items may drop the batch axis."""
         if not isinstance(inputs, dict) or not inputs:
             raise ValueError(f'encode takes a non-empty dict {{modality: inputs}} with modalities from {MODALITIES}')
         out = {}
         for modality, x in inputs.items():
             x = self._as_batch(modality, x)
-            out[modality] = F.normalize(torch.cat([self.embed(modality, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]), dim=-1)
+            out[modality] = F.normalize(torch.cat([self.embed(modality, x[i:i + batch_size])
+                                                   for i in range(0, len(x), batch_size)]), dim=-1)
         return out
 
     def _as_batch(self, modality: str, x):
@@ -179,7 +194,8 @@ class PromptEncoders(nn.Module):
             return self.tokenizer(x)
         x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
         c = self.config
-        expected = {'image': (c.image_size, c.image_size, 3), 'video': (c.frames, c.image_size, c.image_size, 3)}.get(modality)
+        expected = {'image': (c.image_size, c.image_size, 3),
+                    'video': (c.frames, c.image_size, c.image_size, 3)}.get(modality)
         if x.ndim == MODALITY_TABLE[modality].item_ndim: x = x[None]
         shape_ok = x.ndim == 2 if modality == 'audio' else tuple(x.shape[1:]) == expected
         if not shape_ok or len(x) == 0 or x.numel() == 0:

@@ -18,13 +18,15 @@ __all__ = ['SAMPLERS', 'DEFAULT_SAMPLER', 'DEFAULT_STEPS', 'DEFAULT_GUIDANCE', '
 # %% ../nbs/02_samplers.ipynb
 def leading_timesteps(num_train_steps: int, num_steps: int, offset: int = 0) -> Tensor:
     "Every (T // N)-th training step, descending, plus `offset` (LDM/CoDi spacing)."
-    if not 1 <= num_steps <= num_train_steps: raise ValueError(f'num_steps must be in [1, {num_train_steps}], got {num_steps}')
+    if not 1 <= num_steps <= num_train_steps: raise ValueError(f'num_steps must be in [1, {num_train_steps}], got '
+                                                               f'{num_steps}')
     ratio = num_train_steps // num_steps
     return (torch.arange(num_steps) * ratio).flip(0).long() + offset
 
 def linspace_timesteps(num_train_steps: int, num_steps: int) -> Tensor:
     "N steps evenly spaced over [0, T-1] (the last one, 0, is dropped), descending."
-    if not 1 <= num_steps <= num_train_steps: raise ValueError(f'num_steps must be in [1, {num_train_steps}], got {num_steps}')
+    if not 1 <= num_steps <= num_train_steps: raise ValueError(f'num_steps must be in [1, {num_train_steps}], got '
+                                                               f'{num_steps}')
     return torch.linspace(0, num_train_steps - 1, num_steps + 1, dtype=torch.float64).round().flip(0)[:-1].long()
 
 # %% ../nbs/02_samplers.ipynb
@@ -37,11 +39,13 @@ class Sampler:
         self.abar = schedule.alphas_cumprod.double()
 
     def __len__(self): return len(self.timesteps)
-    def __repr__(self): return f'{type(self).__name__}(num_steps={self.num_steps}, prediction_type={self.prediction_type!r})'
+    def __repr__(self): return (f'{type(self).__name__}(num_steps={self.num_steps}, '
+                                f'prediction_type={self.prediction_type!r})')
 
     def _index(self, t) -> int:
         matches = (self.timesteps == int(t)).nonzero()
-        if not len(matches): raise ValueError(f'timestep {int(t)} is not one of this sampler\'s timesteps {self.timesteps.tolist()[:5]}...')
+        if not len(matches): raise ValueError(f'timestep {int(t)} is not one of this sampler\'s timesteps '
+                                              f'{self.timesteps.tolist()[:5]}...')
         return int(matches[0])
 
     def _to_eps_and_x0(self, model_output: Tensor, t: int, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,14 +59,17 @@ class Sampler:
 
 def _noise_like(x: Tensor, generator, noise):
     if noise is not None:
-        if noise.shape != x.shape: raise ValueError(f'noise {tuple(noise.shape)} must have the shape of x {tuple(x.shape)}')
+        if noise.shape != x.shape: raise ValueError(f'noise {tuple(noise.shape)} must have the shape of x '
+                                                    f'{tuple(x.shape)}')
         return noise.to(x)
-    return torch.randn(x.shape, generator=generator, device='cpu' if generator is None else generator.device, dtype=x.dtype).to(x.device)
+    return torch.randn(x.shape, generator=generator, device='cpu' if generator is None else generator.device,
+                       dtype=x.dtype).to(x.device)
 
 # %% ../nbs/02_samplers.ipynb
 class DDPMSampler(Sampler):
     "Ancestral sampling from the DDPM posterior q(x_prev | x_t, x0_hat) ('fixed small' variance)."
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 1000, prediction_type: str = 'epsilon', offset: int = 0):
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 1000, prediction_type: str = 'epsilon',
+                 offset: int = 0):
         super().__init__(schedule, num_steps, prediction_type)
         self.timesteps = leading_timesteps(schedule.num_train_steps, num_steps, offset)
         self.stride = schedule.num_train_steps // num_steps
@@ -73,7 +80,8 @@ class DDPMSampler(Sampler):
         abar_t, abar_prev = self.abar[t], (self.abar[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64))
         alpha = abar_t / abar_prev; beta = 1 - alpha
         _, x0 = self._to_eps_and_x0(model_output, t, x)
-        mean = (abar_prev.sqrt() * beta / (1 - abar_t)).item() * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar_t)).item() * x
+        mean = (abar_prev.sqrt() * beta / (1 - abar_t)).item() * x0 + (
+            alpha.sqrt() * (1 - abar_prev) / (1 - abar_t)).item() * x
         if t > 0:
             variance = ((1 - abar_prev) / (1 - abar_t) * beta).clamp(min=1e-20)
             mean = mean + variance.sqrt().item() * _noise_like(x, generator, noise)
@@ -81,7 +89,8 @@ class DDPMSampler(Sampler):
 
 # %% ../nbs/02_samplers.ipynb
 class DDIMSampler(Sampler):
-    "DDIM with noise level eta (0 = deterministic). Defaults follow CoDi: leading spacing, offset 1, final alpha-bar = alpha-bar_0."
+    """DDIM with noise level eta (0 = deterministic). Defaults follow CoDi: leading spacing, offset 1, final alpha-bar =
+    alpha-bar_0."""
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
                  prediction_type: str = 'epsilon', offset: int = 1, final_alpha_one: bool = False):
         super().__init__(schedule, num_steps, prediction_type)
@@ -142,18 +151,21 @@ def make_sampler(name: str, schedule: NoiseSchedule, steps: int = DEFAULT_STEPS)
 def sample_loop(denoise_fn: Callable, shape: Sequence[int] | dict, sampler: Sampler | dict,
                 generator: torch.Generator | None = None, device=None, x_T: Tensor | dict | None = None,
                 progress: bool = False) -> Tensor | dict:
-    """Sample from noise: for each timestep, x = sampler.step(denoise_fn(x, t_batch), t, x). With dicts {output: ...} for
-    `shape` and `sampler` (and `x_T`), several latents step together on the same timesteps and `denoise_fn` maps dicts to
-    dicts. The starting noise is drawn on the CPU from `generator`, output by output in the dict's order."""
+    """Sample from noise: for each timestep, x = sampler.step(denoise_fn(x, t_batch), t, x). With dicts {output: ...}
+    for `shape` and `sampler` (and `x_T`), several latents step together on the same timesteps and `denoise_fn` maps
+    dicts to dicts. The starting noise is drawn on the CPU from `generator`, output by output in the dict's order."""
     several = isinstance(shape, dict)
     shapes, samplers = (shape, sampler) if several else ({'x': shape}, {'x': sampler})
     if not isinstance(samplers, dict) or list(samplers) != list(shapes):
-        raise ValueError(f'one sampler per output: shapes for {list(shapes)}, samplers for {list(samplers) if isinstance(samplers, dict) else samplers}')
-    if x_T is None: x = {k: torch.randn(tuple(s), generator=generator, device='cpu').to(device or 'cpu') for k, s in shapes.items()}
+        raise ValueError(f'one sampler per output: shapes for {list(shapes)}, samplers for '
+                         f'{list(samplers) if isinstance(samplers, dict) else samplers}')
+    if x_T is None: x = {k: torch.randn(tuple(s), generator=generator, device='cpu').to(device or 'cpu')
+                         for k, s in shapes.items()}
     else: x = dict(x_T) if several else {'x': x_T}
     steps = next(iter(samplers.values())).timesteps
     if any(not torch.equal(s.timesteps, steps) for s in samplers.values()):
-        raise ValueError(f'every sampler of a joint loop must visit the same timesteps: {[len(s.timesteps) for s in samplers.values()]} steps')
+        raise ValueError(f'every sampler of a joint loop must visit the same timesteps: '
+                         f'{[len(s.timesteps) for s in samplers.values()]} steps')
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=type(next(iter(samplers.values()))).__name__)
@@ -174,11 +186,13 @@ def classifier_free_guidance(eps_uncond: Tensor, eps_conds: Tensor | Sequence[Te
     if not eps_conds: raise ValueError('classifier_free_guidance needs at least one conditional prediction')
     for e in eps_conds:
         if e.shape != eps_uncond.shape:
-            raise ValueError(f'conditional prediction {tuple(e.shape)} does not match unconditional {tuple(eps_uncond.shape)}')
+            raise ValueError(f'conditional prediction {tuple(e.shape)} does not match unconditional '
+                             f'{tuple(eps_uncond.shape)}')
     weights = [1.0] * len(eps_conds) if weights is None else list(weights)
     if len(weights) != len(eps_conds): raise ValueError(f'{len(weights)} weights for {len(eps_conds)} conditions')
     total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights): raise ValueError(f'weights must be non-negative with a positive sum, got {weights}')
+    if total <= 0 or any(w < 0 for w in weights): raise ValueError(f'weights must be non-negative with a positive sum, '
+                                                                   f'got {weights}')
     return eps_uncond + scale * sum((w / total) * (e - eps_uncond) for w, e in zip(weights, eps_conds))
 
 # %% ../nbs/02_samplers.ipynb
@@ -187,7 +201,8 @@ def _twice(v):
     if v is None: return None
     return {k: torch.cat([x, x]) for k, x in v.items()} if isinstance(v, dict) else torch.cat([v, v])
 
-def guided_prediction(predict: Callable, x, t: Tensor, condition, uncondition, scale: float = DEFAULT_GUIDANCE, **shared):
+def guided_prediction(predict: Callable, x, t: Tensor, condition, uncondition, scale: float = DEFAULT_GUIDANCE,
+                      **shared):
     """Classifier-free guidance around `predict(x, t, condition, **shared)`: unconditional and conditional inputs in one
     doubled batch, then eps_u + scale (eps_c - eps_u); scale 1 runs the conditional half alone. `x`, the conditions, the
     `shared` values and the prediction may be tensors or dicts of tensors {output: ...}."""

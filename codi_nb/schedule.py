@@ -24,7 +24,8 @@ class NoiseSchedule:
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
 
-    def __repr__(self): return f'NoiseSchedule(num_train_steps={self.num_train_steps}, betas {self.betas[0]:.5f}..{self.betas[-1]:.5f})'
+    def __repr__(self): return (f'NoiseSchedule(num_train_steps={self.num_train_steps}, betas '
+                                f'{self.betas[0]:.5f}..{self.betas[-1]:.5f})')
 
     def _check(self, t: Tensor | int) -> Tensor:
         t = torch.as_tensor(t)
@@ -32,13 +33,15 @@ class NoiseSchedule:
             raise TypeError(f'timesteps must be integers in [0, {self.num_train_steps - 1}], got dtype {t.dtype}')
         checkable = t.device.type == 'cpu' and not torch.compiler.is_compiling()   # on a GPU the check would stall it
         if checkable and t.numel() and (t.min() < 0 or t.max() >= self.num_train_steps):
-            raise ValueError(f'timesteps must lie in [0, {self.num_train_steps - 1}], got {t.min().item()}..{t.max().item()}')
+            raise ValueError(f'timesteps must lie in [0, {self.num_train_steps - 1}], got '
+                             f'{t.min().item()}..{t.max().item()}')
         return t
 
     def _coef(self, values: Tensor, t, like: Tensor) -> Tensor:
         "values[t], shaped (B, 1, 1, ...) to broadcast against `like`, on its device and in its dtype."
         t = self._check(t).long()
-        out = values.to(t.device)[t].to(device=like.device, dtype=like.dtype)   # looked up where t lives: no device-to-host copy
+        # looked up where t lives: no device-to-host copy
+        out = values.to(t.device)[t].to(device=like.device, dtype=like.dtype)
         return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
 
     def signal_and_noise(self, t, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -48,7 +51,8 @@ class NoiseSchedule:
 
     def add_noise(self, x0: Tensor, noise: Tensor, t) -> Tensor:
         "Sample x_t ~ q(x_t | x_0) with the given noise: sqrt(abar) x0 + sqrt(1-abar) noise."
-        if x0.shape != noise.shape: raise ValueError(f'x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape')
+        if x0.shape != noise.shape: raise ValueError(f'x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have '
+                                                     f'the same shape')
         a, s = self.signal_and_noise(t, x0)
         return a * x0 + s * noise
 

@@ -23,10 +23,12 @@ class FullyConnectedResBlock(ResBlock):
 
 @dataclass
 class TextUNetConfig(UNetConfig):
-    "`UNetConfig` for a latent vector: `in_channels` = the text VAE's latent size; every level keeps the single position."
+    """`UNetConfig` for a latent vector: `in_channels` = the text VAE's latent size; every level keeps the single
+    position."""
 
 class TextUNetModel(UNetModel):
-    "The '0-D' UNet: the text latent (B, D) is a (B, D, 1, 1) feature map; 1x1 convolutions, no resampling, the same block and attention layout as the image UNet."
+    """The '0-D' UNet: the text latent (B, D) is a (B, D, 1, 1) feature map; 1x1 convolutions, no resampling, the same
+    block and attention layout as the image UNet."""
     def __init__(self, config: TextUNetConfig):
         super().__init__(config)
     def make_input_conv(self) -> nn.Module: return nn.Conv2d(self.config.in_channels, self.config.model_channels, 1)

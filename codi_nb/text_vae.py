@@ -46,7 +46,8 @@ class WordTokenizer:
     def __repr__(self): return f'WordTokenizer({len(self)} tokens)'
 
     def encode(self, text: str, max_len: int = 32) -> list[int]:
-        "`[BOS] words [EOS]` as ids; unknown words become [UNK] (with a warning), long captions are cut to `max_len` ids."
+        """`[BOS] words [EOS]` as ids; unknown words become [UNK] (with a warning), long captions are cut to `max_len`
+        ids."""
         words = split_words(text)
         if not words: raise ValueError(f'caption {text!r} has no words; give a non-empty caption')
         unknown = sorted({w for w in words if w not in self.index})
@@ -59,7 +60,8 @@ class WordTokenizer:
     def batch(self, texts: Sequence[str], max_len: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         "Token ids (B, L), right-padded with [PAD], and the attention mask (1 = token, 0 = padding)."
         if isinstance(texts, str): texts = [texts]
-        if not isinstance(texts, Sequence): raise TypeError(f'expected a list of caption strings, got {type(texts).__name__}')
+        if not isinstance(texts, Sequence): raise TypeError(f'expected a list of caption strings, got '
+                                                            f'{type(texts).__name__}')
         if len(texts) == 0: raise ValueError('give a non-empty list of caption strings')
         rows = [self.encode(t, max_len) for t in texts]
         ids = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
@@ -78,8 +80,10 @@ class WordTokenizer:
 # %% ../nbs/07_text_vae.ipynb
 @dataclass
 class TextVAEConfig:
-    "Sizes of the Optimus-style text VAE: BERT encoder -> (mu, logvar) of a `latent_dim` Gaussian -> GPT-2 decoder with latent memory."
-    vocab: tuple[str, ...] = ()        # word vocabulary shared by encoder and decoder; () = external BERT/GPT-2 tokenizers
+    """Sizes of the Optimus-style text VAE: BERT encoder -> (mu, logvar) of a `latent_dim` Gaussian -> GPT-2 decoder
+    with latent memory."""
+    # word vocabulary shared by encoder and decoder; () = external BERT/GPT-2 tokenizers
+    vocab: tuple[str, ...] = ()
     encoder_vocab_size: int = 0        # 0 = len(vocab)
     encoder_hidden: int = 64
     encoder_layers: int = 2
@@ -101,8 +105,10 @@ class TextVAEConfig:
     pad_id: int = PAD_ID               # decoder special ids
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
-    latent_to_embeddings: bool = False  # Optimus's second path (add W z to every token embedding); on in the released CoDi (chapter 18)
-    pooling: str = 'first'             # 'first': BERT's pooler (dense + tanh of the first token), as Optimus; 'mean': mean of all tokens, no pooler
+    # Optimus's second path (add W z to every token embedding); on in the released CoDi (chapter 18)
+    latent_to_embeddings: bool = False
+    # 'first': BERT's pooler (dense + tanh of the first token), as Optimus; 'mean': mean of all tokens, no pooler
+    pooling: str = 'first'
 
     def __post_init__(self):
         self.vocab = tuple(self.vocab)
@@ -115,18 +121,21 @@ class TextVAEConfig:
         for side in ('encoder', 'decoder'):
             hidden, heads = getattr(self, f'{side}_hidden'), getattr(self, f'{side}_heads')
             if hidden % heads: raise ValueError(f'{side}_hidden ({hidden}) must be divisible by {side}_heads ({heads})')
-        if self.pooling not in ('first', 'mean'): raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
+        if self.pooling not in ('first', 'mean'): raise ValueError(f"pooling must be 'first' or 'mean', got "
+                                                                   f"{self.pooling!r}")
         if self.max_len > min(self.encoder_max_positions, self.decoder_max_positions - 1):
             raise ValueError('max_len must fit the position tables (the decoder memory takes one position)')
 
     @classmethod
     def tiny(cls, vocab: Sequence[str], **overrides) -> TextVAEConfig:
-        "The book's tiny model over the word vocabulary `vocab` (ToyWorld's: `toyworld_vocabulary()`): 2+2 layers of width 64, latent 32, mean pooling."
+        """The book's tiny model over the word vocabulary `vocab` (ToyWorld's: `toyworld_vocabulary()`): 2+2 layers of
+        width 64, latent 32, mean pooling."""
         return cls(vocab=tuple(vocab), **{'pooling': 'mean'} | overrides)
 
     @classmethod
     def codi_optimus(cls) -> TextVAEConfig:
-        "The official CoDi/Optimus size: BERT-base-cased encoder, GPT-2 (124M) decoder with <PAD>/<BOS>/<EOS> added, latent 768."
+        """The official CoDi/Optimus size: BERT-base-cased encoder, GPT-2 (124M) decoder with <PAD>/<BOS>/<EOS> added,
+        latent 768."""
         return cls(encoder_vocab_size=28996, encoder_hidden=768, encoder_layers=12, encoder_heads=12,
                    encoder_intermediate=3072, encoder_max_positions=512,
                    decoder_vocab_size=50257 + 3, decoder_hidden=768, decoder_layers=12, decoder_heads=12,
@@ -135,7 +144,8 @@ class TextVAEConfig:
 
 # %% ../nbs/07_text_vae.ipynb
 class TextVAE(nn.Module):
-    "Optimus-style text VAE: `encoder` (BertModel + `linear` to mu/logvar), `decoder` (GPT2LMHeadModel + `transformer.linear` memory)."
+    """Optimus-style text VAE: `encoder` (BertModel + `linear` to mu/logvar), `decoder` (GPT2LMHeadModel +
+    `transformer.linear` memory)."""
     def __init__(self, config: TextVAEConfig):
         super().__init__()
         self.config = c = config
@@ -143,7 +153,8 @@ class TextVAE(nn.Module):
             vocab_size=c.encoder_vocab_size, hidden_size=c.encoder_hidden, num_hidden_layers=c.encoder_layers,
             num_attention_heads=c.encoder_heads, intermediate_size=c.encoder_intermediate,
             max_position_embeddings=c.encoder_max_positions, hidden_dropout_prob=c.dropout,
-            attention_probs_dropout_prob=c.dropout, pad_token_id=c.encoder_pad_id), add_pooling_layer=c.pooling == 'first')
+            attention_probs_dropout_prob=c.dropout, pad_token_id=c.encoder_pad_id),
+                                 add_pooling_layer=c.pooling == 'first')
         self.encoder.linear = nn.Linear(c.encoder_hidden, 2 * c.latent_dim, bias=False)
         self.decoder = GPT2LMHeadModel(GPT2Config(
             vocab_size=c.decoder_vocab_size, n_positions=c.decoder_max_positions, n_embd=c.decoder_hidden,
@@ -158,7 +169,8 @@ class TextVAE(nn.Module):
     @property
     def device(self) -> torch.device: return self.encoder.linear.weight.device
 
-    def encode(self, token_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, token_ids: torch.Tensor,
+               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         "(mu, logvar), each (B, latent_dim), of the posterior q(z | caption) for encoder token ids (B, L)."
         if attention_mask is None: attention_mask = (token_ids != self.config.encoder_pad_id).long()
         hidden = self.encoder(input_ids=token_ids, attention_mask=attention_mask).last_hidden_state
@@ -188,7 +200,8 @@ def token_embeddings(self: TextVAE, z: torch.Tensor, input_ids: torch.Tensor) ->
 @patch
 def decoder_logits(self: TextVAE, z: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    cache: DynamicCache | None = None) -> tuple[torch.Tensor, DynamicCache]:
-    "Next-token logits (B, L, vocab) for decoder ids (B, L) after the memory of z (B, d) (or a grown `cache`); returns the cache."
+    """Next-token logits (B, L, vocab) for decoder ids (B, L) after the memory of z (B, d) (or a grown `cache`); returns
+    the cache."""
     cache = self.memory_cache(z) if cache is None else cache
     if attention_mask is not None:  # columns of ones in front: the memory slot and any tokens already cached
         attention_mask = torch.cat([attention_mask.new_ones(len(z), cache.get_seq_length()), attention_mask], dim=1)
@@ -219,7 +232,8 @@ def forward(self: TextVAE, token_ids: torch.Tensor, attention_mask: torch.Tensor
 @patch
 def _as_latents(self: TextVAE, z, name: str = 'z') -> torch.Tensor:
     d = self.config.latent_dim
-    if not torch.is_tensor(z): raise TypeError(f'{name} must be a torch.Tensor of shape (B, {d}), got {type(z).__name__}')
+    if not torch.is_tensor(z): raise TypeError(f'{name} must be a torch.Tensor of shape (B, {d}), got '
+                                               f'{type(z).__name__}')
     if not z.is_floating_point(): raise TypeError(f'{name} must be a float tensor, got {z.dtype}')
     if z.ndim > 2 and all(s == 1 for s in z.shape[2:]): z = z.flatten(1)   # (B, d, 1, 1) diffusion layout
     if z.ndim == 1: z = z[None]
@@ -239,11 +253,13 @@ def _require_tokenizer(self: TextVAE) -> WordTokenizer:
 @torch.no_grad()
 def generate(self: TextVAE, z: torch.Tensor, max_tokens: int = 30, greedy: bool = True, temperature: float = 1.0,
              generator: torch.Generator | None = None) -> list[list[int]]:
-    "Decoder ids for latents z (B, d): from [BOS] until [EOS] (not returned) or `max_tokens`; argmax, or sampled at `temperature`."
+    """Decoder ids for latents z (B, d): from [BOS] until [EOS] (not returned) or `max_tokens`; argmax, or sampled at
+    `temperature`."""
     c = self.config
     z = self._as_latents(z)
     if not 1 <= max_tokens <= c.decoder_max_positions - 1:
-        raise ValueError(f'max_tokens must be in 1..{c.decoder_max_positions - 1} (the position table), got {max_tokens}')
+        raise ValueError(f'max_tokens must be in 1..{c.decoder_max_positions - 1} (the position table), got '
+                         f'{max_tokens}')
     if not greedy and not temperature > 0: raise ValueError(f'temperature must be > 0 for sampling, got {temperature}')
     token = torch.full((len(z), 1), c.bos_id, dtype=torch.long, device=z.device)
     done = torch.zeros(len(z), dtype=torch.bool, device=z.device)

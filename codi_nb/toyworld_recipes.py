@@ -24,9 +24,11 @@ def toyworld_images(n: int, seed: int = 0, split: str = 'train') -> np.ndarray:
 # %% ../nbs/05_image_vae.ipynb 21
 from .training import reconstruction_loss, posterior_means, warmup_cosine
 
-def train_image_vae(steps: int = 2500, batch_size: int = 32, n_images: int = 8000, lr: float = 2e-3, kl_weight: float = 1e-6,
-                    edge_weight: float = 1.0, edge_margin: float = 0.1, seed: int = 0, config: AutoencoderConfig | None = None, save_to=None, log_every: int = 250):
-    "Train the tiny image VAE from scratch on ToyWorld images (L1 + edge_weight * foreground hinge + kl_weight * KL); set its scale factor; optionally save."
+def train_image_vae(steps: int = 2500, batch_size: int = 32, n_images: int = 8000, lr: float = 2e-3,
+                    kl_weight: float = 1e-6, edge_weight: float = 1.0, edge_margin: float = 0.1, seed: int = 0,
+                    config: AutoencoderConfig | None = None, save_to=None, log_every: int = 250):
+    """Train the tiny image VAE from scratch on ToyWorld images (L1 + edge_weight * foreground hinge + kl_weight * KL);
+    set its scale factor; optionally save."""
     torch.manual_seed(seed)
     images = images_to_tensor(toyworld_images(n_images, seed=seed))
     vae = KLAutoencoder(config or AutoencoderConfig.tiny_image())
@@ -42,14 +44,17 @@ def train_image_vae(steps: int = 2500, batch_size: int = 32, n_images: int = 800
         if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}')
     vae.eval()
     vae.config.scale_factor = float(1.0 / posterior_means(vae, images).std())
-    if save_to is not None: save_pretrained(vae, save_to, extra={'steps': steps, 'seed': seed, 'cpu_seconds': time.process_time() - start})
+    if save_to is not None: save_pretrained(vae, save_to, extra={'steps': steps, 'seed': seed,
+                                                                 'cpu_seconds': time.process_time() - start})
     return vae, losses
 
 # %% ../nbs/05_image_vae.ipynb 33
-def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.0, batch_size: int = 64, n_images: int = 8000,
-                 lr: float = 5e-4, seed: int = 1, save_to=None, extra: dict | None = None, log_every: int = 0) -> list[float]:
-    """Fine-tune the decoder (and post_quant_conv) of `vae` in place to reconstruct ToyWorld images from their scaled latents plus
-    Gaussian noise of std ~ U(0, latent_noise); the encoder and scale factor are untouched. Same loss as `train_image_vae` without the KL."""
+def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.0, batch_size: int = 64,
+                 n_images: int = 8000, lr: float = 5e-4, seed: int = 1, save_to=None, extra: dict | None = None,
+                 log_every: int = 0) -> list[float]:
+    """Fine-tune the decoder (and post_quant_conv) of `vae` in place to reconstruct ToyWorld images from their scaled
+    latents plus Gaussian noise of std ~ U(0, latent_noise); the encoder and scale factor are untouched. Same loss as
+    `train_image_vae` without the KL."""
     torch.manual_seed(seed)
     images = images_to_tensor(toyworld_images(n_images, seed=seed))
     vae.eval()
@@ -60,7 +65,8 @@ def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.
     vae.decoder.train()
     for step in range(steps):
         index = torch.randint(0, len(images), (batch_size,), generator=g)
-        sigma = torch.rand(batch_size, 1, 1, 1, generator=g) * latent_noise / vae.config.scale_factor   # in unscaled latent units
+        # in unscaled latent units
+        sigma = torch.rand(batch_size, 1, 1, 1, generator=g) * latent_noise / vae.config.scale_factor
         z = latents[index]
         recon = vae.decode(z + sigma * torch.randn(z.shape, generator=g))
         loss = reconstruction_loss(recon, images[index])
@@ -68,7 +74,8 @@ def tune_decoder(vae: KLAutoencoder, steps: int = 3000, latent_noise: float = 1.
         if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}')
     vae.eval()
     if save_to is not None:
-        tuning = dict(steps=steps, latent_noise=latent_noise, batch_size=batch_size, n_images=n_images, lr=lr, seed=seed,
+        tuning = dict(steps=steps, latent_noise=latent_noise, batch_size=batch_size, n_images=n_images, lr=lr,
+                      seed=seed,
                       cpu_seconds=round(time.process_time() - start))
         save_pretrained(vae, save_to, extra={**(extra or {}), 'decoder_tuning': tuning})
     return losses
@@ -79,17 +86,21 @@ from .audio_codec import MelConfig, LogMel, tiny_audio_vae_config
 from .training import one_cycle, posterior_means
 
 def toyworld_sounds(n: int, seed: int = 0, split: str = 'train') -> tuple[np.ndarray, list[dict]]:
-    "`n` ToyWorld clips (n, 32000), half from text-audio pairs (beeps every 0.5 s), half from video-audio pairs (beeps at bounces), and their samples' factors and beep times."
-    halves = [ToyWorldDataset('text-audio', n - n // 2, seed, split), ToyWorldDataset('video-audio', n // 2, seed, split)]
+    """`n` ToyWorld clips (n, 32000), half from text-audio pairs (beeps every 0.5 s), half from video-audio pairs (beeps
+    at bounces), and their samples' factors and beep times."""
+    halves = [ToyWorldDataset('text-audio', n - n // 2, seed, split),
+              ToyWorldDataset('video-audio', n // 2, seed, split)]
     items = [{'audio': s['audio'], 'factors': s['factors'], 'beep_times': s['beep_times']} for ds in halves for s in ds]
     return np.stack([item.pop('audio') for item in items]), items
 
 LOUD_LEVEL = -8.0   # log-mel above this (about 3.5e-4 magnitude) is part of a beep; the floor is ln(1e-5) = -11.5
 
-def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000, lr: float = 2e-3, kl_weight: float = 1e-6,
+def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000, lr: float = 2e-3,
+                    kl_weight: float = 1e-6,
                     loud_weight: float = 10.0, seed: int = 0, config: AutoencoderConfig | None = None, save_to=None,
                     log_every: int = 250) -> tuple[KLAutoencoder, list[float]]:
-    "Train the tiny mel VAE from scratch on ToyWorld sounds (L1 weighted `loud_weight`× on beeps + kl_weight·KL); set its scale factor; optionally save."
+    """Train the tiny mel VAE from scratch on ToyWorld sounds (L1 weighted `loud_weight`× on beeps + kl_weight·KL); set
+    its scale factor; optionally save."""
     torch.manual_seed(seed)
     start = time.process_time()
     waves, _ = toyworld_sounds(n_clips, seed)
@@ -106,7 +117,8 @@ def train_audio_vae(steps: int = 1500, batch_size: int = 24, n_clips: int = 4000
         weight = 1.0 + (loud_weight - 1.0) * (x > LOUD_LEVEL).float()
         loss = (weight * (recon - x).abs()).mean() + kl_weight * posterior.kl().mean()
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}', flush=True)
+        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}',
+                                                            flush=True)
     vae.eval()
     vae.config.scale_factor = float(1.0 / posterior_means(vae, mels).std())
     if save_to is not None:
@@ -120,7 +132,8 @@ from .toyworld import CAPTION_TEMPLATES, SYNONYMS, SPLITS, sample_factors, make_
 from .text_vae import SPECIAL_TOKENS
 
 def toyworld_vocabulary() -> tuple[str, ...]:
-    "The four special tokens, then every word a ToyWorld caption can contain (template words, 'an', all synonyms), sorted."
+    """The four special tokens, then every word a ToyWorld caption can contain (template words, 'an', all synonyms),
+    sorted."""
     words = {'an'}  # make_caption turns 'a' into 'an' before a vowel
     for templates in CAPTION_TEMPLATES.values():
         for template in templates: words.update(re.findall(r'[a-z]+', re.sub(r'\{\w+\}', ' ', template)))
@@ -166,7 +179,8 @@ def train_text_vae(steps: int = 3000, seed: int = 0, batch_size: int = 64, lr: f
         optimizer.step(); lr_schedule.step()
         history.append({k: v.item() for k, v in out.items()} | {'beta': beta})
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  beta {beta:.2f}  loss {out['loss']:.3f}  rec {out['reconstruction']:.3f}  kl {out['kl']:.2f}")
+            print(f"step {step:5d}  beta {beta:.2f}  loss {out['loss']:.3f}  rec {out['reconstruction']:.3f}  kl "
+                  f"{out['kl']:.2f}")
     model.eval()
     model.config.scale_factor = latent_scale_factor(model, captions[:4096])
     cpu_seconds = time.process_time() - start
@@ -198,17 +212,20 @@ def toyworld_pairs(kind: str, n: int, seed: int = 0, split: str = 'train') -> di
     return out
 
 def toyworld_paraphrases(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    "n pairs of captions naming the same scene in other words (synonyms, templates, caption kinds); a moving scene's partner is, half the time, a caption of the still scene."
+    """n pairs of captions naming the same scene in other words (synonyms, templates, caption kinds); a moving scene's
+    partner is, half the time, a caption of the still scene."""
     rng, first, second = np.random.default_rng(seed), [], []
     pick = lambda kinds: kinds[int(rng.integers(len(kinds)))]
     for _ in range(n):
         factors = sample_factors(rng, with_direction=bool(rng.random() < 0.5))
         if factors.direction is None:
-            first.append(make_caption(factors, rng, pick(('image', 'audio')))); second.append(make_caption(factors, rng, pick(('image', 'audio'))))
+            first.append(make_caption(factors, rng, pick(('image', 'audio')))); second.append(
+                make_caption(factors, rng, pick(('image', 'audio'))))
             continue
         first.append(make_caption(factors, rng, 'video'))
         still = dataclasses.replace(factors, direction=None)
-        second.append(make_caption(factors, rng, 'video') if rng.random() < 0.5 else make_caption(still, rng, pick(('image', 'audio'))))
+        second.append(make_caption(factors, rng, 'video') if rng.random() < 0.5 else make_caption(
+            still, rng, pick(('image', 'audio'))))
     return first, second
 
 # %% ../nbs/08_prompt_encoders.ipynb 24
@@ -224,7 +241,8 @@ from .training import train_contrastive
 
 def train_clip(encoders: PromptEncoders, steps: int = 1500, n: int = 8000, batch_size: int = 128, lr: float = 2e-3,
                seed: int = 0, log_every: int = 0) -> list[float]:
-    "Stage 1: CLIP's towers on ToyWorld text-image pairs, plus paraphrase pairs that teach the text tower the whole language."
+    """Stage 1: CLIP's towers on ToyWorld text-image pairs, plus paraphrase pairs that teach the text tower the whole
+    language."""
     torch.manual_seed(seed)
     data = toyworld_pairs('text-image', n, seed)
     ids, para = encoders.tokenizer(data['text']), [encoders.tokenizer(p) for p in toyworld_paraphrases(n, seed + 1)]
@@ -232,7 +250,8 @@ def train_clip(encoders: PromptEncoders, steps: int = 1500, n: int = 8000, batch
     text = lambda x: encoders.embed('text', x)
     loss = lambda i: (contrastive_loss(text(ids[i]), encoders.embed('image', data['image'][i]), clip.logit_scale)
                       + contrastive_loss(text(para[0][i]), text(para[1][i]), clip.logit_scale))
-    return train_contrastive(clip.parameters(), loss, n, steps, batch_size, lr, seed, log_every)
+    return train_contrastive(clip.parameters(), loss, n=n, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                             log_every=log_every)
 
 # %% ../nbs/09_bridging_alignment.ipynb 1
 import dataclasses, itertools
@@ -245,16 +264,19 @@ from .toyworld import Factors, FACTOR_VALUES, SHAPES, COLORS, SIZES, DIRECTIONS,
 # %% ../nbs/09_bridging_alignment.ipynb 7
 def train_bridge(encoders: PromptEncoders, modality: str, steps: int = 1500, n: int = 4000, batch_size: int = 128,
                  lr: float = 2e-3, seed: int = 0, log_every: int = 0) -> list[float]:
-    "Bridging: train the `modality` ('audio' or 'video') encoder against the FROZEN text encoder on text-`modality` pairs."
+    """Bridging: train the `modality` ('audio' or 'video') encoder against the FROZEN text encoder on text-`modality`
+    pairs."""
     if modality not in ('audio', 'video'): raise ValueError(f"bridging trains 'audio' or 'video', got {modality!r}")
     torch.manual_seed(seed)
     data = toyworld_pairs(f'text-{modality}', n, seed)
     with torch.no_grad(): text = encoders.encode({'text': data['text']})['text']          # fixed targets: the bridge
     encoder = getattr(encoders, modality).train()
-    if modality == 'video': encoder.visual.load_state_dict(encoders.clip.visual.state_dict())   # start from CLIP's image tower
+    # start from CLIP's image tower
+    if modality == 'video': encoder.visual.load_state_dict(encoders.clip.visual.state_dict())
     scale = encoders.clip.logit_scale.detach()
     loss = lambda i: contrastive_loss(encoders.embed(modality, data[modality][i]), text[i], scale)
-    return train_contrastive(encoder.parameters(), loss, n, steps, batch_size, lr, seed, log_every)
+    return train_contrastive(encoder.parameters(), loss, n=n, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                             log_every=log_every)
 
 # %% ../nbs/09_bridging_alignment.ipynb 10
 def train_own_text_audio(steps: int = 1000, n: int = 4000, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
@@ -265,9 +287,10 @@ def train_own_text_audio(steps: int = 1000, n: int = 4000, batch_size: int = 128
     data = toyworld_pairs('text-audio', n, seed)
     ids = own.tokenizer(data['text'])
     own.train()
-    loss = lambda i: contrastive_loss(own.embed('text', ids[i]), own.embed('audio', data['audio'][i]), own.clip.logit_scale)
+    loss = lambda i: contrastive_loss(own.embed('text', ids[i]), own.embed('audio', data['audio'][i]),
+                                      own.clip.logit_scale)
     train_contrastive([p for name, p in own.named_parameters() if not name.startswith(('clip.visual', 'video'))],
-                      loss, n, steps, batch_size, lr, seed, log_every)
+                      loss, n=n, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log_every=log_every)
     return own.eval()
 
 # %% ../nbs/09_bridging_alignment.ipynb 14
@@ -289,9 +312,11 @@ def partial_caption_target(scene_vectors: dict, factors: Factors, leave_out: tup
     completions = [dataclasses.replace(factors, **dict(zip(leave_out, v))) for v in values]
     return F.normalize(torch.stack([scene_vectors[f] for f in completions]).mean(0), dim=-1)
 
-def teach_partial_captions(encoders: PromptEncoders, steps: int = 600, n: int = 6000, batch_size: int = 128, lr: float = 5e-4,
+def teach_partial_captions(encoders: PromptEncoders, steps: int = 600, n: int = 6000, batch_size: int = 128,
+                           lr: float = 5e-4,
                            full_weight: float = 4.0, seed: int = 0, log_every: int = 0) -> list[float]:
-    "Stage 4: captions leaving out color and/or size move to the mean of their completions; full captions stay where they are."
+    """Stage 4: captions leaving out color and/or size move to the mean of their completions; full captions stay where
+    they are."""
     rng = np.random.default_rng(seed); torch.manual_seed(seed)
     targets_of = scene_caption_vectors(encoders, seed=seed)
     scenes = list(targets_of)
@@ -300,21 +325,27 @@ def teach_partial_captions(encoders: PromptEncoders, steps: int = 600, n: int = 
         f = scenes[int(rng.integers(len(scenes)))]
         kind = caption_kind(f, rng)
         leave_out = [('color',), ('size',), ('color', 'size')][int(rng.integers(3))]
-        partial.append(make_caption(f, rng, kind, leave_out)); targets.append(partial_caption_target(targets_of, f, leave_out))
+        partial.append(make_caption(f, rng, kind, leave_out)); targets.append(partial_caption_target(targets_of, f,
+                                                                                                     leave_out))
         full.append(make_caption(f, rng, kind))
-    targets, pinned = torch.stack(targets), encoders.encode({'text': full})['text']     # pinned: the frozen tower's own points
+    # pinned: the frozen tower's own points
+    targets, pinned = torch.stack(targets), encoders.encode({'text': full})['text']
     partial_ids, full_ids = encoders.tokenizer(partial), encoders.tokenizer(full)
     clip = encoders.clip.train()
-    tower = [clip.token_embedding.weight, clip.positional_embedding, clip.text_projection, *clip.transformer.parameters(), *clip.ln_final.parameters()]
+    tower = [clip.token_embedding.weight, clip.positional_embedding, clip.text_projection,
+             *clip.transformer.parameters(), *clip.ln_final.parameters()]
     cosine = lambda ids, t: (F.normalize(encoders.embed('text', ids), dim=-1) * t).sum(-1).mean()
     loss = lambda i: (1 - cosine(partial_ids[i], targets[i])) + full_weight * (1 - cosine(full_ids[i], pinned[i]))
-    losses = train_contrastive(tower, loss, n, steps, batch_size, lr, seed, log_every)
+    losses = train_contrastive(tower, loss, n=n, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                               log_every=log_every)
     encoders.eval()
     return losses
 
 # %% ../nbs/09_bridging_alignment.ipynb 18
-def train_prompt_encoders(steps: tuple = (1500, 1000, 1500, 600), seed: int = 0, save_to=None, log_every: int = 0) -> PromptEncoders:
-    "The whole recipe: CLIP on text-image pairs, audio and video bridged to the frozen text tower, then partial captions taught; optionally saved."
+def train_prompt_encoders(steps: tuple = (1500, 1000, 1500, 600), seed: int = 0, save_to=None,
+                          log_every: int = 0) -> PromptEncoders:
+    """The whole recipe: CLIP on text-image pairs, audio and video bridged to the frozen text tower, then partial
+    captions taught; optionally saved."""
     start = time.process_time()
     torch.manual_seed(seed)
     encoders = toyworld_prompt_encoders()
@@ -344,13 +375,15 @@ def toyworld_diffusion_data(modality: str, n: int, encoders: PromptEncoders, cod
         prompts = encoders.encode({'text': pairs['text'], modality: pairs[modality]})
         return dict(latents=codecs.encode(modality, pairs[modality]), conditions=[prompts['text'], prompts[modality]],
                     factors=pairs['factors'], data=pairs)
-    parts = [toyworld_diffusion_data_text(kind, n // 3 + (i < n % 3), encoders, codecs, seed, split)
+    parts = [toyworld_diffusion_data_text(kind, n // 3 + (i < n % 3), encoders=encoders, codecs=codecs, seed=seed,
+                                          split=split)
              for i, kind in enumerate(('image', 'audio', 'video'))]
     return dict(latents=torch.cat([p['latents'] for p in parts]),
                 conditions=[torch.cat([p['conditions'][j] for p in parts]) for j in range(2)],
                 factors=sum((p['factors'] for p in parts), []), data=[p['data'] for p in parts])
 
-def toyworld_diffusion_data_text(partner: str, n: int, encoders: PromptEncoders, codecs: ModalityCodecs, seed: int, split: str) -> dict:
+def toyworld_diffusion_data_text(partner: str, n: int, encoders: PromptEncoders, codecs: ModalityCodecs, seed: int,
+                                 split: str) -> dict:
     "Caption latents from text-`partner` pairs, with the caption's and the partner medium's prompt vectors."
     pairs = toyworld_pairs(f'text-{partner}', n, seed, split)
     prompts = encoders.encode({'text': pairs['text'], partner: pairs[partner]})
@@ -368,51 +401,66 @@ def toyworld_ldm_config(modality: str) -> LatentDiffusionConfig:
     common = dict(out_channels=4, num_res_blocks=1, num_heads=4, context_dim=64, norm_groups=16)
     if modality == 'image':
         return LatentDiffusionConfig('image', (4, 16, 16), 'codi_nb.unet.UNetModel',
-                                     dict(common, in_channels=4, model_channels=48, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
+                                     dict(common, in_channels=4, model_channels=48, channel_mult=(1, 2, 2),
+                                          attention_levels=(1, 2)))
     if modality == 'audio':
         return LatentDiffusionConfig('audio', (4, 16, 16), 'codi_nb.unet.UNetModel',
-                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2)))
-    if modality == 'video':                      # velocity, on a schedule that ends in (almost) pure noise, trained more on the noisiest steps: chapter 11
+                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2, 2),
+                                          attention_levels=(1, 2)))
+    # velocity, on a schedule that ends in (almost) pure noise, trained more on the noisiest steps: chapter 11
+    if modality == 'video':
         return LatentDiffusionConfig('video', (4, 8, 8, 8), 'codi_nb.video_unet.VideoUNetModel',
-                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2), attention_levels=(0, 1)),
+                                     dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2),
+                                          attention_levels=(0, 1)),
                                      beta_end=0.035, prediction='v', timestep_density='linear')
     if modality == 'text':
         return LatentDiffusionConfig('text', (32,), 'codi_nb.text_unet.TextUNetModel',
-                                     dict(common, in_channels=32, out_channels=32, model_channels=96, channel_mult=(1, 2), attention_levels=(1,), norm_groups=4))
+                                     dict(common, in_channels=32, out_channels=32, model_channels=96,
+                                          channel_mult=(1, 2), attention_levels=(1,), norm_groups=4))
     raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
 
 # per modality: training pairs, steps, batch size, and how often the condition is the caption's vector vs the partner's;
-# `stages`: trained in order, each from the weights of the one before, with its steps, peak lr, seed offset and changes to the final config
+# `stages`: trained in order, each from the weights of the one before,
+# with its steps, peak lr, seed offset and changes to the final config
 TOYWORLD_LDM_RECIPES = {
     'image': dict(n=8000, batch_size=64, mix=(0.75, 0.25), stages=(
-        dict(steps=3000, lr=1e-3), dict(steps=1000, lr=3e-4, seed_offset=5), dict(steps=1000, lr=3e-4, seed_offset=5))),  # two short restarts at a lower peak
+        # two short restarts at a lower peak
+        dict(steps=3000, lr=1e-3), dict(steps=1000, lr=3e-4, seed_offset=5), dict(steps=1000, lr=3e-4, seed_offset=5))),
     'audio': dict(n=8000, steps=3000, batch_size=64, mix=(0.75, 0.25)),
     'video': dict(n=4000, batch_size=16, mix=(0.75, 0.25), stages=(
-        dict(steps=3000, lr=1e-3, prediction='epsilon', beta_end=0.012, timestep_density='uniform'),   # CoDi's schedule and output
-        dict(steps=4000, lr=5e-4, timestep_density='uniform'),        # velocity, ending in pure noise: the axis of motion follows the prompt
+        # CoDi's schedule and output
+        dict(steps=3000, lr=1e-3, prediction='epsilon', beta_end=0.012, timestep_density='uniform'),
+        # velocity, ending in pure noise: the axis of motion follows the prompt
+        dict(steps=4000, lr=5e-4, timestep_density='uniform'),
         dict(steps=3000, lr=3e-4))),                                  # more of the noisiest steps: so does its sign
     'text': dict(n=9000, steps=6000, batch_size=128, mix=(0.25, 0.75)),
 }
 
-def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | None = None, codecs: ModalityCodecs | None = None,
-                       save_to=None, log_every: int = 0, config: LatentDiffusionConfig | None = None, **overrides) -> LatentDiffusion:
-    "The recipe of a shipped tiny LDM (`TOYWORLD_LDM_RECIPES[modality]`, any entry overridable; `config` replaces `toyworld_ldm_config(modality)`); saves it if `save_to` is given."
+def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | None = None,
+                       codecs: ModalityCodecs | None = None, save_to=None, log_every: int = 0,
+                       config: LatentDiffusionConfig | None = None, **overrides) -> LatentDiffusion:
+    """The recipe of a shipped tiny LDM (`TOYWORLD_LDM_RECIPES[modality]`, any entry overridable; `config` replaces
+    `toyworld_ldm_config(modality)`); saves it if `save_to` is given."""
     from codi_nb.checkpoint import save_pretrained
     recipe = {**TOYWORLD_LDM_RECIPES[modality], **overrides}
     encoders = encoders or load_shipped('prompt_encoders'); codecs = codecs or ModalityCodecs.shipped()
     start = time.process_time()
-    data = toyworld_diffusion_data(modality, recipe['n'], encoders, codecs, seed)
+    data = toyworld_diffusion_data(modality, recipe['n'], encoders=encoders, codecs=codecs, seed=seed)
     torch.manual_seed(seed)
     config, model, losses = config or toyworld_ldm_config(modality), None, []
     for stage in recipe.get('stages') or (dict(steps=recipe['steps']),):
         changes = {k: v for k, v in stage.items() if k not in ('steps', 'lr', 'seed_offset')}
         previous, model = model, LatentDiffusion(replace(config, **changes))
-        if previous is not None: model.load_state_dict(previous.state_dict())   # same weights; the schedule comes from the config
-        losses += train_latent_diffusion(model, data['latents'], data['conditions'], recipe['mix'], stage['steps'],
-                                         recipe['batch_size'], lr=stage.get('lr', 1e-3), seed=seed + stage.get('seed_offset', 0), log_every=log_every)
+        # same weights; the schedule comes from the config
+        if previous is not None: model.load_state_dict(previous.state_dict())
+        losses += train_latent_diffusion(model, data['latents'], conditions=data['conditions'], mix=recipe['mix'],
+                                         steps=stage['steps'],
+                                         batch_size=recipe['batch_size'], lr=stage.get('lr', 1e-3),
+                                         seed=seed + stage.get('seed_offset', 0), log_every=log_every)
     model.eval()
     if save_to is not None:                      # stored in float16 (half the size); load_pretrained gives float32 back
-        save_pretrained(copy.deepcopy(model).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
+        save_pretrained(copy.deepcopy(model).half(), save_to,
+                        extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
                         final_loss=float(np.mean(losses[-100:])), cpu_seconds=round(time.process_time() - start)))
     return model
 
@@ -420,7 +468,9 @@ def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | 
 from .training import tune_decoder_on_generations
 
 def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None, **settings):
-    "The shipped `video_vae_tuned`: chapter 05's frame autoencoder (`video_vae`), loaded afresh, whose decoder `tune_decoder_on_generations` tunes on the shipped video model's partial generations of n training clips; saved if `save_to` is given."
+    """The shipped `video_vae_tuned`: chapter 05's frame autoencoder (`video_vae`), loaded afresh, whose decoder
+    `tune_decoder_on_generations` tunes on the shipped video model's partial generations of n training clips; saved if
+    `save_to` is given."""
     import inspect, time
     from codi_nb.checkpoint import load_shipped, save_pretrained, read_config, shipped_path
     from codi_nb.toyworld_recipes import toyworld_pairs
@@ -429,11 +479,20 @@ def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None
     conditions = load_shipped('prompt_encoders').encode({'text': pairs['text']})['text']
     losses = tune_decoder_on_generations(load_shipped('video_ldm'), vae, pairs['video'].numpy(), conditions, **settings)
     if save_to is not None:   # every setting the tuning ran with, defaults included
-        used = {k: settings.get(k, p.default) for k, p in inspect.signature(tune_decoder_on_generations).parameters.items()
+        used = {k: settings.get(k, p.default)
+                for k, p in inspect.signature(tune_decoder_on_generations).parameters.items()
                 if p.default is not inspect.Parameter.empty and k != 'log_every'}
-        extra = read_config(shipped_path('video_vae'))[1].get('extra', {}) | {'note': "chapter 05's video_vae (the frame autoencoder) with its decoder tuned further on the shipped video model's partial generations (chapter 11, tune_toyworld_video_decoder: generation_tuning); the encoder is video_vae's, bit for bit"}
-        save_pretrained(vae, save_to, extra=extra | {'generation_tuning': dict(n=n, data_seed=data_seed, **used, final_loss=float(np.mean(losses[-100:])),
-                                                                                 cpu_seconds=round(time.process_time() - start))})
+        extra = read_config(shipped_path('video_vae'))[1].get('extra', {}) | {'note': "chapter 05's video_vae (the "
+                                                                                      "frame autoencoder) with its "
+                                                                                      "decoder tuned further on the "
+                                                                                      "shipped video model's partial "
+                                                                                      "generations (chapter 11, "
+                                                                                      "tune_toyworld_video_decoder: "
+                                                                                      "generation_tuning); the encoder "
+                                                                                      "is video_vae's, bit for bit"}
+        save_pretrained(vae, save_to, extra=extra | {'generation_tuning': dict(
+            n=n, data_seed=data_seed, **used, final_loss=float(np.mean(losses[-100:])),
+            cpu_seconds=round(time.process_time() - start))})
     return vae
 
 # %% ../nbs/15_environment_encoders.ipynb 13
@@ -445,7 +504,8 @@ def toyworld_environment_config(modality: str) -> EnvironmentEncoderConfig:
     if modality == 'text': return EnvironmentEncoderConfig('text', (32,))
     if modality == 'image': return EnvironmentEncoderConfig('image', (4, 16, 16))
     if modality == 'video': return EnvironmentEncoderConfig('video', (4, 8, 8, 8), seconds_per_token=0.25)   # 4 fps
-    if modality == 'audio': return EnvironmentEncoderConfig('audio', (4, 16, 16), seconds_per_token=0.125, first_token_seconds=0.0625)
+    if modality == 'audio': return EnvironmentEncoderConfig('audio', (4, 16, 16), seconds_per_token=0.125,
+                                                            first_token_seconds=0.0625)
     raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
 
 def toyworld_environment_encoders(modalities=('text', 'image', 'video', 'audio'), seed: int = 0) -> EnvironmentEncoders:
@@ -454,7 +514,8 @@ def toyworld_environment_encoders(modalities=('text', 'image', 'video', 'audio')
     return EnvironmentEncoders(EnvironmentEncodersConfig({m: toyworld_environment_config(m) for m in modalities}))
 
 # %% ../nbs/15_environment_encoders.ipynb 25
-TOYWORLD_KINDS = {('text', 'image'): 'text-image', ('text', 'audio'): 'text-audio', ('text', 'video'): 'text-video', ('audio', 'video'): 'video-audio'}
+TOYWORLD_KINDS = {('text', 'image'): 'text-image', ('text', 'audio'): 'text-audio', ('text', 'video'): 'text-video',
+                  ('audio', 'video'): 'video-audio'}
 
 def pair_kind(a: str, b: str) -> str:
     "The ToyWorld pair kind holding modalities a and b (in either order)."
@@ -464,12 +525,14 @@ def pair_kind(a: str, b: str) -> str:
 
 def toyworld_environment_data(codecs, pairs=(('text', 'image'), ('text', 'audio'), ('audio', 'video')), n: int = 1000,
                               seed: int = 0, split: str = 'train') -> dict:
-    "Clean latents of n ToyWorld pairs for each (a, b): {'a-b': {a: latents, b: latents, 'factors': [...], 'bounce_times': [...] (videos)}}."
+    """Clean latents of n ToyWorld pairs for each (a, b): {'a-b': {a: latents, b: latents, 'factors': [...],
+    'bounce_times': [...] (videos)}}."""
     out = {}
     for a, b in pairs:
         samples = list(ToyWorldDataset(pair_kind(a, b), n, seed, split))
         media = {m: [s[m] for s in samples] if m == 'text' else np.stack([s[m] for s in samples]) for m in (a, b)}
-        out[f'{a}-{b}'] = {m: codecs.encode(m, x) for m, x in media.items()} | {'factors': [s['factors'] for s in samples]}
+        out[f'{a}-{b}'] = {m: codecs.encode(m, x) for m, x in media.items()} | {'factors': [s['factors']
+                                                                                            for s in samples]}
         if 'video' in (a, b): out[f'{a}-{b}']['bounce_times'] = [s['bounce_times'] for s in samples]
     return out
 
@@ -477,11 +540,14 @@ def toyworld_environment_data(codecs, pairs=(('text', 'image'), ('text', 'audio'
 from torch import Tensor
 from .toyworld import AUDIO_SAMPLES
 
-def vary_beep_timing(latents: Tensor, silence: Tensor, keep: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    """Augment text-audio sounds (a beep at 0, 0.5, 1, 1.5 s: the start of each 4-row slot of the latent): silence each beep's slot
-    with probability 1 - keep (at least one beep stays), `silence` (C, M) being one latent row of a silent clip, then roll the
-    clip by a random number of rows. The caption still fits: 1-4 beeps at any time, as the sounds of bouncing videos have."""
-    if latents.ndim != 4 or latents.shape[2] != 16: raise ValueError(f'expects audio latents (B, C, 16, M), got {tuple(latents.shape)}')
+def vary_beep_timing(latents: Tensor, silence: Tensor, keep: float = 0.5,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Augment text-audio sounds (a beep at 0, 0.5, 1, 1.5 s: the start of each 4-row slot of the latent): silence each
+    beep's slot with probability 1 - keep (at least one beep stays), `silence` (C, M) being one latent row of a
+    silent clip, then roll the clip by a random number of rows. The caption still fits: 1-4 beeps at any time, as the
+    sounds of bouncing videos have."""
+    if latents.ndim != 4 or latents.shape[2] != 16: raise ValueError(f'expects audio latents (B, C, 16, M), got '
+                                                                     f'{tuple(latents.shape)}')
     b = len(latents)
     slots = latents.unflatten(2, (4, 4))                                     # (B, C, slot, row in slot, M)
     drop = torch.rand(b, 4, generator=generator) > keep
@@ -498,11 +564,14 @@ def silent_audio_row(codecs) -> Tensor:
 import copy, functools
 from .training import PAPER_STAGES, train_environment_encoders
 
-TOYWORLD_ENVIRONMENT_RECIPE = dict(n=(10000, 6000, 3000), steps=(1500, 1500, 1000), batch_size=128, lr=2e-3, t_bias=2.0, timing_weight=0.5,
+TOYWORLD_ENVIRONMENT_RECIPE = dict(n=(10000, 6000, 3000), steps=(1500, 1500, 1000), batch_size=128, lr=2e-3, t_bias=2.0,
+                                   timing_weight=0.5,
                                    keep_beeps=0.35)
 
-def train_toyworld_environment_encoders(seed: int = 0, codecs=None, save_to=None, log_every: int = 0, **overrides) -> EnvironmentEncoders:
-    "The shipped recipe (`TOYWORLD_ENVIRONMENT_RECIPE`, any entry overridable): encode the pairs of each stage, train in the paper's order, save in float16 if `save_to` is given."
+def train_toyworld_environment_encoders(seed: int = 0, codecs=None, save_to=None, log_every: int = 0,
+                                        **overrides) -> EnvironmentEncoders:
+    """The shipped recipe (`TOYWORLD_ENVIRONMENT_RECIPE`, any entry overridable): encode the pairs of each stage, train
+    in the paper's order, save in float16 if `save_to` is given."""
     from codi_nb.latent_diffusion import ModalityCodecs
     recipe = {**TOYWORLD_ENVIRONMENT_RECIPE, **overrides}
     codecs, start = codecs or ModalityCodecs.shipped(), time.process_time()
@@ -510,24 +579,31 @@ def train_toyworld_environment_encoders(seed: int = 0, codecs=None, save_to=None
     for (a, b, _), n in zip(PAPER_STAGES, recipe['n']): data |= toyworld_environment_data(codecs, ((a, b),), n, seed)
     encoders = toyworld_environment_encoders(seed=seed)
     vary = functools.partial(vary_beep_timing, silence=silent_audio_row(codecs), keep=recipe['keep_beeps'])
-    losses = train_environment_encoders(encoders, data, PAPER_STAGES, recipe['steps'], recipe['batch_size'], recipe['lr'],
+    losses = train_environment_encoders(encoders, data, stages=PAPER_STAGES, steps=recipe['steps'],
+                                        batch_size=recipe['batch_size'],
+                                        lr=recipe['lr'],
                                         t_bias=recipe['t_bias'], timing_weight=recipe['timing_weight'],
                                         augment={'text-audio': {'audio': vary}}, seed=seed, log_every=log_every)
     if save_to is not None:                      # stored in float16; load_pretrained gives float32 back
         curves = {k: [round(float(np.mean(v[i:i + 20])), 4) for i in range(0, len(v), 20)] for k, v in losses.items()}
-        save_pretrained(copy.deepcopy(encoders).half(), save_to, extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
+        save_pretrained(copy.deepcopy(encoders).half(), save_to,
+                        extra=dict(recipe=recipe, seed=seed, stored_dtype='float16',
                         cpu_seconds=round(time.process_time() - start), loss_curves=curves))
     return encoders
 
 # %% ../nbs/15_environment_encoders.ipynb 42
-def rejoin_environment_encoder(encoders, modality: str, data: dict, partner: str = 'text', steps: int = 1500, seed: int = 0,
+def rejoin_environment_encoder(encoders, modality: str, data: dict, partner: str = 'text', steps: int = 1500,
+                               seed: int = 0,
                                batch_size: int = 128, lr: float = 2e-3, **train_args) -> EnvironmentEncoders:
-    """New encoders: `modality`'s is fresh, for its current latents (`toyworld_environment_config`), and trained against the frozen
-    `partner` on `data` (one stage of the paper's order, no copying from other encoders); every other one is `encoders`'."""
+    """New encoders: `modality`'s is fresh, for its current latents (`toyworld_environment_config`), and trained against
+    the frozen `partner` on `data` (one stage of the paper's order, no copying from other encoders); every other one
+    is `encoders`'."""
     fresh = toyworld_environment_encoders(tuple(encoders), seed=seed)
     for m in encoders:
         if m != modality: fresh[m].load_state_dict(encoders[m].state_dict())
-    train_environment_encoders(fresh, data, ((partner, modality, (modality,)),), (steps,), batch_size, lr, init_from={}, seed=seed, **train_args)
+    train_environment_encoders(fresh, data, stages=((partner, modality, (modality,)),), steps=(steps,),
+                               batch_size=batch_size, lr=lr, init_from={},
+                               seed=seed, **train_args)
     return fresh
 
 # %% ../nbs/16_joint_training.ipynb 30
@@ -537,16 +613,19 @@ from .environment import EnvironmentEncoder
 from .joint import JointDiffusion
 from .training import train_joint_stage
 
-def toyworld_joint_data(pair: Sequence[str], n: int, prompt_encoders: PromptEncoders | None = None, codecs: ModalityCodecs | None = None,
+def toyworld_joint_data(pair: Sequence[str], n: int, prompt_encoders: PromptEncoders | None = None,
+                        codecs: ModalityCodecs | None = None,
                         seed: int = 0, split: str = 'train', mix: Sequence[float] = (0.75, 0.25)) -> dict:
-    """Latents of both sides of `n` ToyWorld pairs and two condition sources per example: text-X pairs are conditioned on the
-    caption's prompt vector or (source 1) on X's own vector, both sides alike; video-audio pairs carry no caption, so source 0 is a
-    caption written from the clip's factors and source 1 the partner's vector (video on the audio's, audio on the video's)."""
+    """Latents of both sides of `n` ToyWorld pairs and two condition sources per example: text-X pairs are conditioned
+    on the caption's prompt vector or (source 1) on X's own vector, both sides alike; video-audio pairs carry no
+    caption, so source 0 is a caption written from the clip's factors and source 1 the partner's vector (video on the
+    audio's, audio on the video's)."""
     kind = pair_kind(*pair)
     prompt_encoders = prompt_encoders or load_shipped('prompt_encoders'); codecs = codecs or ModalityCodecs.shipped()
     data = toyworld_pairs(kind, n, seed, split)
     first, second = kind.split('-')
-    latents = {m: codecs.encode(m, data[m]).contiguous() for m in (first, second)}   # the image codec returns channels-last strides
+    # the image codec returns channels-last strides
+    latents = {m: codecs.encode(m, data[m]).contiguous() for m in (first, second)}
     with torch.no_grad():
         if first == 'text':
             vectors = prompt_encoders.encode({'text': data['text'], second: data[second]})
@@ -556,70 +635,95 @@ def toyworld_joint_data(pair: Sequence[str], n: int, prompt_encoders: PromptEnco
             rng = np.random.default_rng(seed)
             captions = [make_caption(f, rng, 'video') for f in data['factors']]
             vectors = prompt_encoders.encode({'text': captions, first: data[first], second: data[second]})
-            conditions = {first: torch.stack([vectors['text'], vectors[second]], 1), second: torch.stack([vectors['text'], vectors[first]], 1)}
+            conditions = {first: torch.stack([vectors['text'], vectors[second]], 1),
+                          second: torch.stack([vectors['text'], vectors[first]], 1)}
     return dict(latents=latents, conditions=conditions, mix=tuple(mix), factors=data['factors'], data=data)
 
 # %% ../nbs/16_joint_training.ipynb 39
 TOYWORLD_JOINT_STAGES = (
     dict(pair=('text', 'image'), train=('text', 'image')),                        # both sides learn
     dict(pair=('text', 'audio'), train=('audio',)),                               # text frozen
-    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',), steps=3000, lookahead=0.5),  # audio's encoder frozen, its connectors learn timing, reading the video half-way ahead
+    # audio's encoder frozen, its connectors learn timing, reading the video half-way ahead
+    dict(pair=('audio', 'video'), train=('video',), connectors_only=('audio',), steps=3000, lookahead=0.5),
 )
 
-TOYWORLD_JOINT_RECIPE = dict(n=4000, steps=1500, batch_size=16, lr=1e-3, alignment_weight=0.1)   # steps: where the stage names none (a `steps=` override sets all)
-TOYWORLD_CONNECTOR_LEVELS = {'audio': (0, 1, 2)}     # the audio UNet gets connectors at every level, down to its 1/8 s rows
+# steps: where the stage names none (a `steps=` override sets all)
+TOYWORLD_JOINT_RECIPE = dict(n=4000, steps=1500, batch_size=16, lr=1e-3, alignment_weight=0.1)
+# the audio UNet gets connectors at every level, down to its 1/8 s rows
+TOYWORLD_CONNECTOR_LEVELS = {'audio': (0, 1, 2)}
 
 def toyworld_start_encoders() -> dict[str, EnvironmentEncoder]:
     "The shipped environment encoders of chapter 15 (trained in the paper's order); fresh ones if none are shipped."
     if 'environment_encoders' not in list_shipped(): return dict(toyworld_environment_encoders().items())
     return dict(load_shipped('environment_encoders').items())
 
-def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other', stages: Sequence[dict] = TOYWORLD_JOINT_STAGES,
-                         encoders: dict | None = None, connector_levels: dict | None = TOYWORLD_CONNECTOR_LEVELS, log_every: int = 0,
+def train_toyworld_joint(save_to=None, seed: int = 0, wiring: str = 'other',
+                         stages: Sequence[dict] = TOYWORLD_JOINT_STAGES, encoders: dict | None = None,
+                         connector_levels: dict | None = TOYWORLD_CONNECTOR_LEVELS, log_every: int = 0,
                          **overrides) -> tuple[JointDiffusion, list[dict]]:
-    "The book's joint model: the shipped LDMs and environment encoders, then `stages` in order with `TOYWORLD_JOINT_RECIPE` (any entry overridable); saved if `save_to` is given."
+    """The book's joint model: the shipped LDMs and environment encoders, then `stages` in order with
+    `TOYWORLD_JOINT_RECIPE` (any entry overridable); saved if `save_to` is given."""
     recipe = {**TOYWORLD_JOINT_RECIPE, **overrides}
     start = time.process_time()
     models = {m: load_shipped(f'{m}_ldm') for m in MODALITIES}
     torch.manual_seed(seed)                      # the connectors' initial weights
     lookaheads = [s['lookahead'] for s in stages if s.get('lookahead') is not None]
     joint = JointDiffusion(models, encoders or toyworld_start_encoders(), wiring, connector_levels=connector_levels,
-                           sampling_lookahead=lookaheads[-1] if lookaheads else None)   # sample the way the last look-ahead stage trained
+                           # sample the way the last look-ahead stage trained
+                           sampling_lookahead=lookaheads[-1] if lookaheads else None)
     prompt_encoders, codecs, histories = load_shipped('prompt_encoders'), ModalityCodecs.shipped(), []
     for i, stage in enumerate(stages):
-        data = toyworld_joint_data(stage['pair'], recipe['n'], prompt_encoders, codecs, seed + i)
+        data = toyworld_joint_data(stage['pair'], recipe['n'], prompt_encoders=prompt_encoders, codecs=codecs,
+                                   seed=seed + i)
         torch.manual_seed(seed + i)
-        histories.append(train_joint_stage(joint, stage['pair'], data, overrides.get('steps', stage.get('steps', recipe['steps'])), set(stage['train']), set(stage.get('connectors_only', ())),
-                                           recipe['batch_size'], recipe['lr'], recipe['alignment_weight'], seed + i, log_every, stage.get('lookahead')))
+        histories.append(train_joint_stage(joint, stage['pair'], data=data,
+                                           steps=overrides.get('steps', stage.get('steps', recipe['steps'])),
+                                           train=set(stage['train']),
+                                           connectors_only=set(stage.get('connectors_only', ())),
+                                           batch_size=recipe['batch_size'], lr=recipe['lr'],
+                                           alignment_weight=recipe['alignment_weight'], seed=seed + i,
+                                           log_every=log_every, lookahead=stage.get('lookahead')))
     if save_to is not None:
-        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: v if isinstance(v, (int, float)) else list(v) for k, v in s.items()} for s in stages], seed=seed,
-                                       final_losses=[{k: float(np.mean(v[-100:])) for k, v in h.items() if isinstance(v, list)} for h in histories],
-                                       seconds_per_step=[h['seconds_per_step'] for h in histories], cpu_seconds=round(time.process_time() - start)))
+        joint.save(save_to, extra=dict(recipe=recipe, stages=[{k: v if isinstance(v, (int, float)) else list(v)
+                                                               for k, v in s.items()} for s in stages], seed=seed,
+                                       final_losses=[{k: float(np.mean(v[-100:])) for k, v in h.items()
+                                                      if isinstance(v, list)} for h in histories],
+                                       seconds_per_step=[h['seconds_per_step'] for h in histories],
+                                       cpu_seconds=round(time.process_time() - start)))
     return joint, histories
 
 # %% ../nbs/16_joint_training.ipynb 42
-def rejoin_joint_modality(previous, modality: str, encoder: EnvironmentEncoder, partner: str = 'text', steps: int | None = None, seed: int = 0,
+def rejoin_joint_modality(previous, modality: str, encoder: EnvironmentEncoder, partner: str = 'text',
+                          steps: int | None = None, seed: int = 0,
                           save_to=None, log_every: int = 0, **overrides) -> tuple[JointDiffusion, dict]:
-    """Joint layers saved at `previous` (a path), moved to the shipped `{modality}_ldm`: every other modality's encoder and connectors
-    are kept, `modality` gets `encoder` and fresh connectors, trained on `partner`-`modality` pairs with `partner` frozen
-    (`TOYWORLD_JOINT_RECIPE`, any entry overridable); saved if `save_to` is given."""
+    """Joint layers saved at `previous` (a path), moved to the shipped `{modality}_ldm`: every other modality's encoder
+    and connectors are kept, `modality` gets `encoder` and fresh connectors, trained on `partner`-`modality` pairs
+    with `partner` frozen (`TOYWORLD_JOINT_RECIPE`, any entry overridable); saved if `save_to` is given."""
     recipe, start = {**TOYWORLD_JOINT_RECIPE, **overrides}, time.process_time()
     old = load_pretrained(previous)
     c = old.config
     models = {m: load_shipped(name) for m, name in c.base_models.items()}
     encoders = {m: encoder if m == modality else old.encoders[m] for m in c.model_configs}
     torch.manual_seed(seed)                      # the fresh connectors' initial weights
-    joint = JointDiffusion(models, encoders, c.wiring, c.heads, c.time_dim, c.base_models, c.connector_levels, c.sampling_lookahead)
-    kept = {k: v for k, v in old.state_dict().items() if not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.'))}
+    joint = JointDiffusion(models, encoders, wiring=c.wiring, heads=c.heads, time_dim=c.time_dim,
+                           base_models=c.base_models, connector_levels=c.connector_levels,
+                           sampling_lookahead=c.sampling_lookahead)
+    kept = {k: v for k, v in old.state_dict().items()
+            if not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.'))}
     missing, unexpected = joint.layers.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith((f'encoders.{modality}.', f'connectors.{modality}.')) for k in missing):
-        raise ValueError(f'{previous} does not fit the shipped models apart from {modality}: unexpected {unexpected[:3]}, missing {missing[:3]}')
+        raise ValueError(f'{previous} does not fit the shipped models apart from {modality}: unexpected '
+                         f'{unexpected[:3]}, missing {missing[:3]}')
     pair = (partner, modality)
-    data = toyworld_joint_data(pair, recipe['n'], load_shipped('prompt_encoders'), ModalityCodecs.shipped(), seed)
-    history = train_joint_stage(joint, pair, data, steps or recipe['steps'], {modality}, set(), recipe['batch_size'], recipe['lr'],
-                                recipe['alignment_weight'], seed, log_every)
+    data = toyworld_joint_data(pair, recipe['n'], prompt_encoders=load_shipped('prompt_encoders'),
+                               codecs=ModalityCodecs.shipped(), seed=seed)
+    history = train_joint_stage(joint, pair, data=data, steps=steps or recipe['steps'], train={modality},
+                                connectors_only=set(), batch_size=recipe['batch_size'],
+                                lr=recipe['lr'],
+                                alignment_weight=recipe['alignment_weight'], seed=seed, log_every=log_every)
     if save_to is not None:
-        joint.save(save_to, extra=dict(rejoined=modality, partner=partner, recipe=recipe, steps=steps or recipe['steps'], seed=seed,
-                                       final_losses={k: float(np.mean(v[-100:])) for k, v in history.items() if isinstance(v, list)},
-                                       seconds_per_step=history['seconds_per_step'], cpu_seconds=round(time.process_time() - start)))
+        joint.save(save_to, extra=dict(
+            rejoined=modality, partner=partner, recipe=recipe, steps=steps or recipe['steps'], seed=seed,
+            final_losses={k: float(np.mean(v[-100:])) for k, v in history.items() if isinstance(v, list)},
+            seconds_per_step=history['seconds_per_step'], cpu_seconds=round(time.process_time() - start)))
     return joint, history

@@ -18,37 +18,47 @@ __all__ = ['FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup
 FOREGROUND_LEVEL = 60 / 127.5 - 1.0   # the oracle's foreground threshold (max channel > 60), in [-1, 1] units
 
 def reconstruction_loss(recon: Tensor, x: Tensor, edge_weight: float = 1.0, edge_margin: float = 0.1) -> Tensor:
-    "L1 plus `edge_weight` times a hinge that keeps every pixel `edge_margin` on the right side of the oracle's foreground threshold."
+    """L1 plus `edge_weight` times a hinge that keeps every pixel `edge_margin` on the right side of the oracle's
+    foreground threshold."""
     side = 2.0 * (x.amax(dim=1) > FOREGROUND_LEVEL).float() - 1.0          # +1 on the shape, -1 on the background
     hinge = F.relu(edge_margin - side * (recon.amax(dim=1) - FOREGROUND_LEVEL)).mean()
     return (recon - x).abs().mean() + edge_weight * hinge
 
 @torch.no_grad()
 def posterior_means(vae: KLAutoencoder, images: Tensor, batch_size: int = 256) -> Tensor:
-    "Unscaled posterior means of `vae` for its float inputs (B, C, H, W): images in [-1, 1], or log-mel images (chapter 06); encoded in batches."
+    """Unscaled posterior means of `vae` for its float inputs (B, C, H, W): images in [-1, 1], or log-mel images
+    (chapter 06); encoded in batches."""
     return torch.cat([vae.encode(images[i:i + batch_size]).mode() for i in range(0, len(images), batch_size)])
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    "Linear warm-up over `warmup` steps (default: the first 5 % of `steps`; at least 1), then cosine decay to zero at `steps`."
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int,
+                  warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps (default: the first 5 % of `steps`; at least 1), then cosine decay to zero at
+    `steps`."""
     warmup = max(1, steps // 20 if warmup is None else warmup)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
 
-def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.OneCycleLR:
-    "PyTorch's one-cycle schedule: warm-up over a fraction `warmup` of the steps (at least 2 steps), then cosine decay; refuses steps < 3."
-    if steps < 3: raise ValueError(f'steps must be at least 3 (the one-cycle schedule needs a warm-up and a decay), got {steps}')
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int,
+              warmup: float = 0.05) -> torch.optim.lr_scheduler.OneCycleLR:
+    """PyTorch's one-cycle schedule: warm-up over a fraction `warmup` of the steps (at least 2 steps), then cosine
+    decay; refuses steps < 3."""
+    if steps < 3: raise ValueError(f'steps must be at least 3 (the one-cycle schedule needs a warm-up and a decay), '
+                                   f'got {steps}')
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=max(warmup, 2 / steps))
 
 # %% ../nbs/07_text_vae.ipynb 35
 def beta_schedule(step: int, total_steps: int, zero_fraction: float = 0.25, ramp_fraction: float = 0.25,
                   beta_max: float = 1.0) -> float:
-    "Optimus-style KL weight: 0 for the first `zero_fraction` of training, a linear ramp over `ramp_fraction`, then `beta_max`."
+    """Optimus-style KL weight: 0 for the first `zero_fraction` of training, a linear ramp over `ramp_fraction`, then
+    `beta_max`."""
     progress = step / max(total_steps, 1)
     return beta_max * min(max((progress - zero_fraction) / ramp_fraction, 0.0), 1.0)
 
 # %% ../nbs/08_prompt_encoders.ipynb 16
 def train_contrastive(parameters, loss_of_batch, n: int, steps: int, batch_size: int, lr: float, seed: int = 0,
                       log_every: int = 0) -> list[float]:
-    "AdamW with linear warm-up and cosine decay; each step calls `loss_of_batch(indices)` on random indices into n pairs."
+    """AdamW with linear warm-up and cosine decay; each step calls `loss_of_batch(indices)` on random indices into n
+    pairs."""
     parameters = [p for p in parameters if p.requires_grad]
     opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
@@ -56,7 +66,8 @@ def train_contrastive(parameters, loss_of_batch, n: int, steps: int, batch_size:
     for step in range(steps):
         loss = loss_of_batch(torch.randint(0, n, (batch_size,), generator=g))
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.3f}', flush=True)
+        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.3f}',
+                                                            flush=True)
     return losses
 
 # %% ../nbs/10_image_ldm.ipynb 18
@@ -64,15 +75,19 @@ import copy
 from typing import Sequence
 
 def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: Tensor | Sequence[Tensor],
-                           mix: Sequence[float] | None = None, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3,
-                           warmup: float = 0.05, ema_decay: float = 0.999, seed: int = 0, log_every: int = 0) -> list[float]:
-    """Train `model` on (latent, condition) pairs; `conditions` may be several (N, D) tensors (e.g. the caption's and the
-    medium's own prompt vectors), one drawn per example with probabilities `mix`. AdamW with one-cycle (warm-up + cosine)
-    learning rate; the weights end as their exponential moving average. Returns the loss per step."""
+                           mix: Sequence[float] | None = None, steps: int = 3000, batch_size: int = 64,
+                           lr: float = 1e-3, warmup: float = 0.05, ema_decay: float = 0.999, seed: int = 0,
+                           log_every: int = 0) -> list[float]:
+    """Train `model` on (latent, condition) pairs; `conditions` may be several (N, D) tensors (e.g. the caption's and
+    the medium's own prompt vectors), one drawn per example with probabilities `mix`. AdamW with one-cycle (warm-up +
+    cosine) learning rate; the weights end as their exponential moving average. Returns the loss per step."""
     conditions = [conditions] if isinstance(conditions, Tensor) else list(conditions)
-    if any(len(c) != len(latents) for c in conditions): raise ValueError('every conditions tensor needs one row per latent')
+    if any(len(c) != len(latents) for c in conditions): raise ValueError('every conditions tensor needs one row per '
+                                                                         'latent')
     mix = torch.tensor([1.0] * len(conditions) if mix is None else list(mix), dtype=torch.float)
-    if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0: raise ValueError(f'mix needs {len(conditions)} non-negative weights')
+    if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0: raise ValueError(f'mix needs '
+                                                                                          f'{len(conditions)} '
+                                                                                          f'non-negative weights')
     stacked = torch.stack(conditions, 1)                           # (N, sources, D)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -98,30 +113,38 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
 from .samplers import DDIMSampler, sample_loop
 from .image_vae import encode_to_latent, images_to_tensor
 
-def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: int = 2000, lr: float = 3e-4, batch_size: int = 64,
+def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: int = 2000, lr: float = 3e-4,
+                                batch_size: int = 64,
                                 starts: tuple = (281, 381, 481), guidance: float = 3.0, real_fraction: float = 0.25,
                                 latent_noise: float = 1.0, seed: int = 0, log_every: int = 0) -> list[float]:
-    """Fine-tune the decoder of `vae` (in place) on what the diffusion `model` generates: each real image or clip's latent is noised
-    to one of `starts` (in turn, per batch of 64) and denoised by the model from there (DDIM on the 50-step grid, guidance, prompted
-    by its row of `conditions`), and the decoder learns to turn the result back into the real medium. A `real_fraction` of each
-    training batch are real latents plus Gaussian noise of std ~ U(0, latent_noise), as in `tune_decoder`. Returns the loss per step."""
+    """Fine-tune the decoder of `vae` (in place) on what the diffusion `model` generates: each real image or clip's
+    latent is noised to one of `starts` (in turn, per batch of 64) and denoised by the model from there (DDIM on the
+    50-step grid, guidance, prompted by its row of `conditions`), and the decoder learns to turn the result back into
+    the real medium. A `real_fraction` of each training batch are real latents plus Gaussian noise of std ~ U(0,
+    latent_noise), as in `tune_decoder`. Returns the loss per step."""
     media = np.asarray(media)
-    if len(media) != len(conditions): raise ValueError(f'one condition per medium: got {len(media)} media and {len(conditions)} conditions')
+    if len(media) != len(conditions): raise ValueError(f'one condition per medium: got {len(media)} media and '
+                                                       f'{len(conditions)} conditions')
     if not 0 <= real_fraction <= 1: raise ValueError(f'real_fraction must be in [0, 1], got {real_fraction}')
     grid = DDIMSampler(model.schedule, 50).timesteps
-    if min(starts) < int(grid.min()): raise ValueError(f'every start must be at least {int(grid.min())} (the first DDIM step), got {starts}')
+    if min(starts) < int(grid.min()): raise ValueError(f'every start must be at least {int(grid.min())} (the first '
+                                                       f'DDIM step), got {starts}')
     vae.eval(); g = torch.Generator().manual_seed(seed)
     real = encode_to_latent(vae, media)                                      # scaled, (B, C, [F,] h, w)
     generated = []
     for k, i in enumerate(range(0, len(real), 64)):
         sampler = DDIMSampler(model.schedule, 50); sampler.timesteps = grid[grid <= starts[k % len(starts)]]
         z, c = real[i:i + 64], conditions[i:i + 64]
-        noisy = model.schedule.add_noise(z, torch.randn(z.shape, generator=g), torch.full((len(z),), int(sampler.timesteps[0])))
-        generated.append(sample_loop(model.guided_denoiser(model.condition_tokens(c, len(c)), guidance), z.shape, sampler, x_T=noisy))
-    frames = lambda z: (z.transpose(1, 2).flatten(0, 1) if z.ndim == 5 else z) / vae.config.scale_factor   # unscaled, one row per frame
+        noisy = model.schedule.add_noise(z, torch.randn(z.shape, generator=g),
+                                         torch.full((len(z),), int(sampler.timesteps[0])))
+        generated.append(sample_loop(model.guided_denoiser(model.condition_tokens(c, len(c)), guidance), z.shape,
+                                     sampler, x_T=noisy))
+    # unscaled, one row per frame
+    frames = lambda z: (z.transpose(1, 2).flatten(0, 1) if z.ndim == 5 else z) / vae.config.scale_factor
     generated, real = frames(torch.cat(generated)), frames(real)
     targets = images_to_tensor(media.reshape(-1, *media.shape[-3:]))
-    optimizer = torch.optim.AdamW([*vae.decoder.parameters(), *vae.post_quant_conv.parameters()], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([*vae.decoder.parameters(), *vae.post_quant_conv.parameters()], lr=lr,
+                                  weight_decay=0.0)
     schedule, losses = warmup_cosine(optimizer, steps), []
     vae.decoder.train()
     for step in range(steps):
@@ -129,9 +152,11 @@ def tune_decoder_on_generations(model, vae, media, conditions: Tensor, steps: in
         use_real = torch.rand(batch_size, generator=g) < real_fraction
         sigma = torch.rand(batch_size, 1, 1, 1, generator=g) * latent_noise / vae.config.scale_factor
         noisy_real = real[index] + sigma * torch.randn(real[index].shape, generator=g)
-        loss = reconstruction_loss(vae.decode(torch.where(use_real[:, None, None, None], noisy_real, generated[index])), targets[index])
+        loss = reconstruction_loss(vae.decode(torch.where(use_real[:, None, None, None], noisy_real, generated[index])),
+                                   targets[index])
         optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step(); losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}', flush=True)
+        if log_every and (step + 1) % log_every == 0: print(f'step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}',
+                                                            flush=True)
     vae.eval()
     return losses
 
@@ -145,7 +170,8 @@ def noisy(schedule: NoiseSchedule, latents: Tensor, t: Tensor, generator: torch.
     "z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps with fresh noise."
     return schedule.add_noise(latents, torch.randn(latents.shape, generator=generator), t)
 
-def sample_timesteps(n: int, bias: float = 2.0, num_train_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
+def sample_timesteps(n: int, bias: float = 2.0, num_train_steps: int = 1000,
+                     generator: torch.Generator | None = None) -> Tensor:
     "n integer timesteps t = floor(T u^bias), u uniform: bias > 1 favours low and mid noise (bias 2: median t = T/4)."
     return (num_train_steps * torch.rand(n, generator=generator) ** bias).long().clamp(max=num_train_steps - 1)
 
@@ -159,20 +185,24 @@ def copy_shared_weights(source: nn.Module, target: nn.Module) -> list[str]:
     target.load_state_dict({k: theirs[k] for k in shared}, strict=False)
     return shared
 
-def train_environment_encoders(encoders, data: dict, stages=PAPER_STAGES, steps=(1500, 1500, 1000), batch_size: int = 128,
-                               lr: float = 2e-3, temperature: float = 0.07, t_bias: float = 2.0, timing_weight: float = 0.5,
-                               init_from: dict | None = None, augment: dict | None = None, seed: int = 0, log_every: int = 0) -> dict[str, list[float]]:
-    """CoDi's linear-pairs recipe: each stage (a, b, trained) aligns V_a and V_b on noisy latents of a-b pairs (same t for both
-    sides), training only `trained`. When both sides have time, each trained side's tokens also learn `timing_alignment_loss`.
-    `init_from` {m: other}: before its first stage, m starts from other's shared weights (default: video from image).
-    `augment` {'a-b': {m: f}}: in stage a-b, m's clean latents pass through f(latents, generator=g) before the noise."""
-    if len(steps) != len(stages): raise ValueError(f'{len(stages)} stages need {len(stages)} step counts, got {len(steps)}')
+def train_environment_encoders(encoders, data: dict, stages=PAPER_STAGES, steps=(1500, 1500, 1000),
+                               batch_size: int = 128, lr: float = 2e-3, temperature: float = 0.07, t_bias: float = 2.0,
+                               timing_weight: float = 0.5, init_from: dict | None = None, augment: dict | None = None,
+                               seed: int = 0, log_every: int = 0) -> dict[str, list[float]]:
+    """CoDi's linear-pairs recipe: each stage (a, b, trained) aligns V_a and V_b on noisy latents of a-b pairs (same t
+    for both sides), training only `trained`. When both sides have time, each trained side's tokens also learn
+    `timing_alignment_loss`. `init_from` {m: other}: before its first stage, m starts from other's shared weights
+    (default: video from image). `augment` {'a-b': {m: f}}: in stage a-b, m's clean latents pass through f(latents,
+    generator=g) before the noise."""
+    if len(steps) != len(stages): raise ValueError(f'{len(stages)} stages need {len(stages)} step counts, got '
+                                                   f'{len(steps)}')
     init_from = {'video': 'image'} if init_from is None else init_from
     augment = augment or {}
     schedule, g, losses, started = NoiseSchedule(), torch.Generator().manual_seed(seed), {}, set()
     for (a, b, trained), n_steps in zip(stages, steps):
         key = f'{a}-{b}' if f'{a}-{b}' in data else f'{b}-{a}'
-        if key not in data: raise KeyError(f'no {a}-{b} pairs in data (keys: {list(data)}); build them with toyworld_environment_data')
+        if key not in data: raise KeyError(f'no {a}-{b} pairs in data (keys: {list(data)}); build them with '
+                                           f'toyworld_environment_data')
         pairs = data[key]
         for m in set(trained) - started:
             if m in init_from and init_from[m] in encoders: copy_shared_weights(encoders[init_from[m]], encoders[m])
@@ -189,17 +219,22 @@ def train_environment_encoders(encoders, data: dict, stages=PAPER_STAGES, steps=
             loss = environment_alignment_loss(tok[a].mean(1), tok[b].mean(1), temperature)
             if timing_weight and times[a] is not None and times[b] is not None:
                 for q, k in ((a, b), (b, a)):
-                    if q in trained: loss = loss + timing_weight * timing_alignment_loss(tok[q], times[q], tok[k], times[k], temperature)
+                    if q in trained: loss = loss + timing_weight * timing_alignment_loss(tok[q], times[q], keys=tok[k],
+                                                                                         key_times=times[k],
+                                                                                         temperature=temperature)
             return loss
         if log_every: print(f'stage {a}-{b}, training {list(trained)}')
         losses[f'{a}-{b}'] = train_contrastive([p for m in trained for p in encoders[m].parameters()], loss_of_batch,
-                                               len(pairs[a]), n_steps, batch_size, lr, seed, log_every)
+                                               n=len(pairs[a]), steps=n_steps, batch_size=batch_size, lr=lr, seed=seed,
+                                               log_every=log_every)
     for enc in encoders.values(): enc.requires_grad_(True).eval()
     return losses
 
 # %% ../nbs/16_joint_training.ipynb 26
-def set_trainable(joint: JointDiffusion, train: set[str], connectors_only: set[str] = frozenset()) -> list[nn.Parameter]:
-    "Freeze everything but the connectors and environment encoders of `train` (and only the connectors of `connectors_only`); returns the trainable parameters."
+def set_trainable(joint: JointDiffusion, train: set[str],
+                  connectors_only: set[str] = frozenset()) -> list[nn.Parameter]:
+    """Freeze everything but the connectors and environment encoders of `train` (and only the connectors of
+    `connectors_only`); returns the trainable parameters."""
     unknown = (set(train) | set(connectors_only)) - set(joint.models)
     if unknown: raise ValueError(f'cannot train {sorted(unknown)}: this joint model has {sorted(joint.models)}')
     joint.requires_grad_(False)
@@ -208,14 +243,20 @@ def set_trainable(joint: JointDiffusion, train: set[str], connectors_only: set[s
     return [p for p in joint.parameters() if p.requires_grad]
 
 def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, steps: int, train: set[str],
-                      connectors_only: set[str] = frozenset(), batch_size: int = 16, lr: float = 1e-3, alignment_weight: float = 0.1,
+                      connectors_only: set[str] = frozenset(), batch_size: int = 16, lr: float = 1e-3,
+                      alignment_weight: float = 0.1,
                       seed: int = 0, log_every: int = 0, lookahead: float | None = None) -> dict[str, list[float]]:
-    """One stage of the paper's order: train the connectors and environment encoders of `train` on `pair` examples, the rest
-    frozen (`lookahead`: see `JointDiffusion.loss_parts`). `data`: {'latents': {m: (N, ...)}, 'conditions': {m: (N, S, D)}, 'mix': (S,)}: each step draws one of the S condition
-    sources per example (the same for both sides). Returns the loss per step, in total and per part, and seconds per step."""
+    """One stage of the paper's order: train the connectors and environment encoders of `train` on `pair` examples, the
+    rest frozen (`lookahead`: see `JointDiffusion.loss_parts`). `data`: {'latents': {m: (N, ...)}, 'conditions': {m:
+    (N, S, D)}, 'mix': (S,)}: each step draws one of the S condition sources per example (the same for both sides).
+    Returns the loss per step, in total and per part, and seconds per step."""
     pair = tuple(pair)
-    if len(pair) != 2 or not set(pair) <= set(data['latents']): raise ValueError(f"pair must name two modalities of data['latents'] ({sorted(data['latents'])}), got {pair}")
-    if not set(train) <= set(pair) or not train: raise ValueError(f'train must be a non-empty subset of the pair {pair}, got {sorted(train)}')
+    if len(pair) != 2 or not set(pair) <= set(data['latents']): raise ValueError(f"pair must name two modalities of "
+                                                                                 f"data['latents'] "
+                                                                                 f"({sorted(data['latents'])}), got "
+                                                                                 f"{pair}")
+    if not set(train) <= set(pair) or not train: raise ValueError(f'train must be a non-empty subset of the pair '
+                                                                  f'{pair}, got {sorted(train)}')
     n = len(data['latents'][pair[0]])
     mix = torch.as_tensor(data.get('mix', [1.0]), dtype=torch.float)
     params = set_trainable(joint, train, connectors_only)
@@ -228,13 +269,15 @@ def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, 
         source = torch.multinomial(mix, batch_size, replacement=True, generator=generator)
         latents = {m: data['latents'][m][index] for m in pair}
         conditions = {m: data['conditions'][m][index, source] for m in pair}
-        parts = joint.loss_parts(latents, conditions, set(train), alignment_weight, generator, lookahead)
+        parts = joint.loss_parts(latents, conditions, trainable=set(train), alignment_weight=alignment_weight,
+                                 generator=generator, lookahead=lookahead)
         loss = sum(parts.values())
         optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
         history['loss'].append(loss.item())
         for k, v in parts.items(): history.setdefault(k, []).append(v.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f'{"-".join(pair)} step {step + 1}: loss {np.mean(history["loss"][-log_every:]):.4f} ({time.time() - start:.0f} s)', flush=True)
+            print(f'{"-".join(pair)} step {step + 1}: loss {np.mean(history["loss"][-log_every:]):.4f} '
+                  f'({time.time() - start:.0f} s)', flush=True)
     joint.requires_grad_(False).eval()
     history['seconds_per_step'] = (time.time() - start) / max(steps, 1)
     return history

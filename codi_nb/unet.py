@@ -53,14 +53,16 @@ class ResBlock(TimestepBlock):
                  dims: int = 2, groups: int = 32):
         super().__init__()
         out_channels = out_channels or channels
-        self.in_layers = nn.Sequential(normalization(channels, groups), nn.SiLU(), conv_nd(dims, channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels, groups), nn.SiLU(),
+                                       conv_nd(dims, channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(normalization(out_channels, groups), nn.SiLU(), nn.Dropout(dropout),
                                         zero_module(conv_nd(dims, out_channels, out_channels, 3, padding=1)))
         self.skip_connection = nn.Identity() if out_channels == channels else conv_nd(dims, channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor, num_frames: int = 1) -> Tensor:
-        "x (N, C, H, W), emb (N, emb_channels); each frame of a clip is one of the N maps, so `num_frames` changes nothing here."
+        """x (N, C, H, W), emb (N, emb_channels); each frame of a clip is one of the N maps, so `num_frames` changes
+        nothing here."""
         h = self.in_layers(x)
         e = self.emb_layers(emb).type(h.dtype)
         h = self.out_layers(h + e.reshape(e.shape + (1,) * (h.ndim - e.ndim)))
@@ -69,7 +71,8 @@ class ResBlock(TimestepBlock):
 # %% ../nbs/03_unet.ipynb
 class CrossAttention(nn.Module):
     "Multi-head attention from `query_dim` features to a context (itself when context is None)."
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 dropout: float = 0.0):
         super().__init__()
         inner, context_dim = heads * dim_head, context_dim or query_dim
         self.heads, self.context_dim = heads, context_dim
@@ -127,7 +130,9 @@ class SpatialTransformer(nn.Module):
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
-        self.transformer_blocks = nn.ModuleList(BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth))
+        self.transformer_blocks = nn.ModuleList(BasicTransformerBlock(inner, heads, dim_head=dim_head,
+                                                                      context_dim=context_dim, dropout=dropout)
+                                                for _ in range(depth))
         self.proj_out = zero_module(nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -182,11 +187,13 @@ class UNetConfig:
     norm_groups: int = 32
     dropout: float = 0.0
     use_linear_proj: bool = False
-    first_skip_from_middle: bool = False  # the released joint code feeds output block 0 the middle block's output as its skip
+    # the released joint code feeds output block 0 the middle block's output as its skip
+    first_skip_from_middle: bool = False
 
     @classmethod
     def codi_image(cls) -> 'UNetConfig':
-        "The official plain 2-D image UNet (= Stable Diffusion 1.x): 320 channels, 1-2-4-4, attention on the top 3 levels."
+        """The official plain 2-D image UNet (= Stable Diffusion 1.x): 320 channels, 1-2-4-4, attention on the top 3
+        levels."""
         return cls(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
                    attention_levels=(0, 1, 2), num_heads=8, context_dim=768)
 
@@ -202,7 +209,8 @@ class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
-        if c.model_channels % c.norm_groups: raise ValueError(f'model_channels {c.model_channels} must be divisible by norm_groups {c.norm_groups}')
+        if c.model_channels % c.norm_groups: raise ValueError(f'model_channels {c.model_channels} must be divisible by '
+                                                              f'norm_groups {c.norm_groups}')
         emb_dim = 4 * c.model_channels
         self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(self.make_input_conv())])
@@ -215,7 +223,8 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers)); skip_channels.append(ch)
             if level != len(c.channel_mult) - 1:
                 self.input_blocks.append(TimestepEmbedSequential(self.make_downsample(ch))); skip_channels.append(ch)
-        self.middle_block = TimestepEmbedSequential(self.make_resblock(ch, ch), self.make_attention(ch), self.make_resblock(ch, ch))
+        self.middle_block = TimestepEmbedSequential(self.make_resblock(ch, ch), self.make_attention(ch),
+                                                    self.make_resblock(ch, ch))
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.num_res_blocks + 1):
@@ -227,13 +236,16 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch, c.norm_groups), nn.SiLU(), zero_module(self.make_output_conv(ch)))
 
     # --- block factories: the variants (video, audio, text) override these ---
-    def make_input_conv(self) -> nn.Module: return nn.Conv2d(self.config.in_channels, self.config.model_channels, 3, padding=1)
+    def make_input_conv(self) -> nn.Module: return nn.Conv2d(self.config.in_channels, self.config.model_channels, 3,
+                                                             padding=1)
     def make_output_conv(self, ch: int) -> nn.Module: return nn.Conv2d(ch, self.config.out_channels, 3, padding=1)
     def make_resblock(self, ch_in: int, ch_out: int) -> nn.Module:
-        return ResBlock(ch_in, 4 * self.config.model_channels, ch_out, self.config.dropout, groups=self.config.norm_groups)
+        return ResBlock(ch_in, 4 * self.config.model_channels, ch_out, self.config.dropout,
+                        groups=self.config.norm_groups)
     def make_attention(self, ch: int) -> nn.Module:
         c = self.config
-        return SpatialTransformer(ch, c.num_heads, ch // c.num_heads, c.transformer_depth, c.context_dim, c.dropout,
+        return SpatialTransformer(ch, c.num_heads, dim_head=ch // c.num_heads, depth=c.transformer_depth,
+                                  context_dim=c.context_dim, dropout=c.dropout,
                                   groups=c.norm_groups, use_linear=c.use_linear_proj)
     def make_downsample(self, ch: int) -> nn.Module: return Downsample(ch)
     def make_upsample(self, ch: int) -> nn.Module: return Upsample(ch)
@@ -246,13 +258,15 @@ class UNetModel(nn.Module):
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f'expected x of shape (B, {c.in_channels}, H, W), got {tuple(x.shape)}')
         if x.shape[-1] % self.downsampling_factor or x.shape[-2] % self.downsampling_factor:
-            raise ValueError(f'H and W must be divisible by {self.downsampling_factor} ({len(c.channel_mult)} levels), got {tuple(x.shape[-2:])}')
+            raise ValueError(f'H and W must be divisible by {self.downsampling_factor} ({len(c.channel_mult)} levels), '
+                             f'got {tuple(x.shape[-2:])}')
         if timesteps.ndim != 1 or len(timesteps) != len(x):
             raise ValueError(f'timesteps must have shape ({len(x)},), got {tuple(timesteps.shape)}')
-        if context is not None and (context.ndim != 3 or context.shape[0] != len(x) or context.shape[-1] != c.context_dim):
+        if context is not None and (
+            context.ndim != 3 or context.shape[0] != len(x) or context.shape[-1] != c.context_dim):
             raise ValueError(f'context must have shape ({len(x)}, L, {c.context_dim}), got {tuple(context.shape)}')
 
-    # --- how latents become a batch of (N, C, H, W) feature maps and back: the video and text variants override these ---
+    # --- latents to a batch of (N, C, H, W) feature maps and back: the video and text variants override these ---
     def fold(self, x: Tensor) -> tuple[Tensor, int]:
         "Latents → (feature maps, frames per item); an image is one frame."
         return x, 1
@@ -289,15 +303,19 @@ class UNetModel(nn.Module):
 
 # %% ../nbs/03_unet.ipynb
 import codi_nb
-KEY_LISTINGS = Path(codi_nb.__file__).resolve().parent / 'assets' / 'codi-keys'   # the released models' keys, shipped with the library
+# the released models' keys, shipped with the library
+KEY_LISTINGS = Path(codi_nb.__file__).resolve().parent / 'assets' / 'codi-keys'
 
 def read_key_listing(name: str, strip_prefix: str = '') -> dict[str, tuple]:
-    "Official {key: shape} of the released model `name` from `assets/codi-keys/<name>.tsv`, with `strip_prefix` removed."
+    """Official {key: shape} of the released model `name` from `assets/codi-keys/<name>.tsv`, with `strip_prefix`
+    removed."""
     path = KEY_LISTINGS / f'{name}.tsv'
-    if not path.exists(): raise FileNotFoundError(f'no key listing {path.name}; listings: {sorted(p.stem for p in KEY_LISTINGS.glob("*.tsv"))}')
+    if not path.exists(): raise FileNotFoundError(f'no key listing {path.name}; listings: '
+                                                  f'{sorted(p.stem for p in KEY_LISTINGS.glob("*.tsv"))}')
     rows = path.read_text().strip().splitlines()[1:]
     out = {}
     for row in rows:
         key, shape = row.split('\t')
-        out[key[len(strip_prefix):] if key.startswith(strip_prefix) else key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+        out[key[len(strip_prefix):] if key.startswith(strip_prefix) else key] = tuple(
+            int(s) for s in shape.strip('()').split(',') if s.strip())
     return out

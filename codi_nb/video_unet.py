@@ -17,10 +17,12 @@ __all__ = ['FrameShiftBlock', 'RelativePositionBias', 'TemporalAttention', 'Temp
 
 # %% ../nbs/11_video_ldm.ipynb
 class FrameShiftBlock(nn.Module):
-    "Shift a quarter of the channels one frame forward and a quarter one frame back, then norm-SiLU-conv (zero-initialised), residual."
+    """Shift a quarter of the channels one frame forward and a quarter one frame back, then norm-SiLU-conv
+    (zero-initialised), residual."""
     def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.out_layers = nn.Sequential(normalization(channels, groups), nn.SiLU(), zero_module(nn.Conv2d(channels, channels, 3, padding=1)))
+        self.out_layers = nn.Sequential(normalization(channels, groups), nn.SiLU(),
+                                        zero_module(nn.Conv2d(channels, channels, 3, padding=1)))
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         b, c, h, w = x.shape
@@ -35,7 +37,8 @@ class RelativePositionBias(nn.Module):
     "An MLP from the frame offset i - j to one attention bias per head (a continuous relative position bias)."
     def __init__(self, heads: int, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Sequential(nn.Linear(1, hidden), nn.SiLU()), nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU()), nn.Linear(hidden, heads))
+        self.net = nn.Sequential(nn.Sequential(nn.Linear(1, hidden), nn.SiLU()),
+                                 nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU()), nn.Linear(hidden, heads))
 
     def forward(self, num_frames: int, device=None) -> Tensor:
         pos = torch.arange(num_frames, device=device, dtype=self.net[-1].weight.dtype)   # in the model's dtype
@@ -70,12 +73,14 @@ class TemporalModule(nn.Module):
         self.frameshiftblock = FrameShiftBlock(channels, groups)
         self.temporal_attn = TemporalAttention(channels, heads, max_frames)
         self.temporal_rel_pos_bias = RelativePositionBias(heads)
-        self.ff = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, 2 * channels), nn.GELU(), zero_module(nn.Linear(2 * channels, channels)))
+        self.ff = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, 2 * channels), nn.GELU(),
+                                zero_module(nn.Linear(2 * channels, channels)))
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         x = self.frameshiftblock(x, num_frames)
         b, c, h, w = x.shape
-        tokens = x.reshape(b // num_frames, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)   # (B*H*W, F, C)
+        # (B*H*W, F, C)
+        tokens = x.reshape(b // num_frames, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
         tokens = self.temporal_attn(tokens, self.temporal_rel_pos_bias(num_frames, x.device))
         tokens = tokens + self.ff(tokens)
         return tokens.reshape(b // num_frames, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(b, c, h, w)
@@ -94,24 +99,28 @@ class VideoResBlock(TimestepBlock):
 # %% ../nbs/11_video_ldm.ipynb
 @dataclass
 class VideoUNetConfig(UNetConfig):
-    "`UNetConfig` plus the video layers: heads of the temporal attention and the longest clip its position table covers."
+    """`UNetConfig` plus the video layers: heads of the temporal attention and the longest clip its position table
+    covers."""
     temporal_heads: int = 4
     max_frames: int = 30
 
 class VideoUNetModel(UNetModel):
-    "The image UNet with a temporal module after every ResBlock: video latents (B, C, F, H, W); image latents (B, C, H, W) skip the video layers."
+    """The image UNet with a temporal module after every ResBlock: video latents (B, C, F, H, W); image latents (B, C,
+    H, W) skip the video layers."""
     def __init__(self, config: VideoUNetConfig):
         super().__init__(config)
 
     def make_resblock(self, ch_in: int, ch_out: int) -> nn.Module:
         c = self.config
-        return VideoResBlock(super().make_resblock(ch_in, ch_out), TemporalModule(ch_out, c.temporal_heads, c.norm_groups, c.max_frames))
+        return VideoResBlock(super().make_resblock(ch_in, ch_out),
+                             TemporalModule(ch_out, c.temporal_heads, c.norm_groups, c.max_frames))
 
     def fold(self, x: Tensor) -> tuple[Tensor, int]:
         "Video latents (B, C, F, H, W) → (B*F, C, H, W) frames, F; image latents (B, C, H, W) are one frame."
         if x.ndim == 4: return x, 1
         if x.ndim != 5:
-            raise ValueError(f'expected video latents (B, {self.config.in_channels}, F, H, W) or images (B, C, H, W), got {tuple(x.shape)}')
+            raise ValueError(f'expected video latents (B, {self.config.in_channels}, F, H, W) or images (B, C, H, W), '
+                             f'got {tuple(x.shape)}')
         return x.transpose(1, 2).flatten(0, 1), x.shape[2]
 
     def unfold(self, out: Tensor, x: Tensor) -> Tensor:

@@ -28,7 +28,8 @@ __all__ = ['REDUCED_CLIP_TEXT', 'REDUCED_CLIP_VISION', 'REDUCED_HTSAT', 'Officia
 
 # %% ../../nbs/18c_official_encoders.ipynb
 class OfficialImageAutoencoder(KLAutoencoder):
-    "The released `autokl`: chapter 05's KL autoencoder; videos (B, C, F, H, W) are coded frame by frame, as in the release."
+    """The released `autokl`: chapter 05's KL autoencoder; videos (B, C, F, H, W) are coded frame by frame, as in the
+    release."""
     def encode(self, x: Tensor) -> DiagonalGaussian:
         if x.ndim != 5: return super().encode(x)
         self._check(x[:, :, 0])
@@ -51,11 +52,14 @@ def _fourier_rows(n_fft: int) -> Tensor:
 
 @functools.cache
 def windowed_fourier_basis(n_fft: int) -> Tensor:
-    "The DFT rows times a periodic Hann window, (N + 2, 1, N) float32: an STFT as a strided convolution, as the release computes it."
-    return (_fourier_rows(n_fft) * torch.hann_window(n_fft, periodic=True, dtype=torch.float64))[:, None].float().to('cpu')
+    """The DFT rows times a periodic Hann window, (N + 2, 1, N) float32: an STFT as a strided convolution, as the
+    release computes it."""
+    return (_fourier_rows(n_fft) * torch.hann_window(n_fft, periodic=True, dtype=torch.float64))[:,
+                                                                                                 None].float().to('cpu')
 
 class _STFTBases(nn.Module):
-    "The windowed Fourier bases of the release's STFT, as buffers `forward_basis` and `inverse_basis` (n_fft + 2, 1, n_fft)."
+    """The windowed Fourier bases of the release's STFT, as buffers `forward_basis` and `inverse_basis` (n_fft + 2, 1,
+    n_fft)."""
     def __init__(self, n_fft: int, hop: int):
         super().__init__()
         if _building_on_meta():                                         # shapes only: a loaded file fills them
@@ -63,7 +67,8 @@ class _STFTBases(nn.Module):
             return
         inverse = torch.linalg.pinv(n_fft / hop * _fourier_rows(n_fft)).T
         self.register_buffer('forward_basis', windowed_fourier_basis(n_fft).clone())
-        self.register_buffer('inverse_basis', (inverse * torch.hann_window(n_fft, periodic=True, dtype=torch.float64))[:, None].float())
+        self.register_buffer('inverse_basis',
+                             (inverse * torch.hann_window(n_fft, periodic=True, dtype=torch.float64))[:, None].float())
 
 class OfficialMelFrontEnd(nn.Module):
     "AudioLDM's log-mel front end (`fn_STFT`): peak 0.5, pad or cut, STFT by convolution, Slaney mel, natural log."
@@ -96,7 +101,8 @@ class OfficialAudioLDMConfig:
     mel: MelConfig = field(default_factory=MelConfig.codi_audio)
 
 class OfficialAudioLDM(KLAutoencoder):
-    "The released `audioldm`: chapter 05's mel VAE (`encode`, `decode`), the front end `fn_STFT` and the HiFi-GAN `vocoder`."
+    """The released `audioldm`: chapter 05's mel VAE (`encode`, `decode`), the front end `fn_STFT` and the HiFi-GAN
+    `vocoder`."""
     def __init__(self, config: OfficialAudioLDMConfig | None = None):
         self.audio_config = config = config or OfficialAudioLDMConfig()
         super().__init__(config.vae)
@@ -104,7 +110,8 @@ class OfficialAudioLDM(KLAutoencoder):
         self.fn_STFT = OfficialMelFrontEnd(config.mel)
 
     def wave_to_mel(self, wave: Tensor, seconds: float = 10.24) -> Tensor:
-        "Waveforms (B, samples) at 16 kHz -> the VAE's input (B, 1, int(seconds * 102.4), 64), as the release prepares audio."
+        """Waveforms (B, samples) at 16 kHz -> the VAE's input (B, 1, int(seconds * 102.4), 64), as the release prepares
+        audio."""
         return self.fn_STFT(wave, int(seconds * 102.4))
 
     def mel_to_wave(self, log_mel: Tensor) -> Tensor:
@@ -113,7 +120,8 @@ class OfficialAudioLDM(KLAutoencoder):
 
 # %% ../../nbs/18c_official_encoders.ipynb
 class CLIPTemporalAttention(OfficialTemporalAttention):
-    "The video CLIP's attention across frames: the UNet's layer without the position tables (the release never adds them)."
+    """The video CLIP's attention across frames: the UNet's layer without the position tables (the release never adds
+    them)."""
     def forward(self, tokens: Tensor, bias: Tensor) -> Tensor:
         "tokens (N, F, C) -> (N, F, C) with a residual; bias (heads, F, F)."
         return tokens + torch.nan_to_num(self.attend(self.norm(tokens), bias))
@@ -129,7 +137,8 @@ class SequenceFeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor: return self.proj_out(self.proj_in(x)).to(x.dtype)
 
 class CLIPTemporalModule(nn.Module):
-    "What the release adds to every layer of CLIP's vision tower: attention across frames, then a feed-forward, both residual."
+    """What the release adds to every layer of CLIP's vision tower: attention across frames, then a feed-forward, both
+    residual."""
     def __init__(self, channels: int, heads: int, max_frames: int = 30):
         super().__init__()
         self.temporal_attn = CLIPTemporalAttention(channels, heads, channels // heads, max_frames)
@@ -144,14 +153,19 @@ class CLIPTemporalModule(nn.Module):
 # %% ../../nbs/18c_official_encoders.ipynb
 def official_clip_config(projection_dim: int = 768, text: dict | None = None, vision: dict | None = None) -> CLIPConfig:
     "CLIP ViT-L/14 (openai/clip-vit-large-patch14) as a `transformers` CLIPConfig; `text`/`vision` change the towers."
-    text_config = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, vocab_size=49408,
-                       max_position_embeddings=77, hidden_act='quick_gelu', eos_token_id=2)   # 2: pool at the largest id, as released
-    vision_config = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, image_size=224,
+    text_config = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                       vocab_size=49408,
+                       # 2: pool at the largest id, as released
+                       max_position_embeddings=77, hidden_act='quick_gelu', eos_token_id=2)
+    vision_config = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                         image_size=224,
                          patch_size=14, hidden_act='quick_gelu')
-    return CLIPConfig(text_config=text_config | (text or {}), vision_config=vision_config | (vision or {}), projection_dim=projection_dim)
+    return CLIPConfig(text_config=text_config | (text or {}), vision_config=vision_config | (vision or {}),
+                      projection_dim=projection_dim)
 
 class OfficialCLIP(nn.Module):
-    "The released `clip`: `transformers` CLIPModel (`model`), a temporal module in every vision layer; one unit vector per input."
+    """The released `clip`: `transformers` CLIPModel (`model`), a temporal module in every vision layer; one unit vector
+    per input."""
     def __init__(self, config: CLIPConfig | None = None, max_frames: int = 30):
         super().__init__()
         self.config = config = config or official_clip_config()
@@ -188,20 +202,25 @@ class OfficialCLIP(nn.Module):
 
 # %% ../../nbs/18c_official_encoders.ipynb
 # CLIP at the reduced size of the parity runs against the released classes: two layers of width 64 in each tower
-REDUCED_CLIP_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
+REDUCED_CLIP_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                         vocab_size=1000,
                          max_position_embeddings=16, bos_token_id=0)
-REDUCED_CLIP_VISION = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8)
+REDUCED_CLIP_VISION = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=8)
 
 # %% ../../nbs/18c_official_encoders.ipynb
 def official_optimus_config(**changes) -> TextVAEConfig:
-    "Chapter 07's `codi_optimus` sizes with the release's embedding path (`linear_emb`) on; `changes` for reduced versions."
+    """Chapter 07's `codi_optimus` sizes with the release's embedding path (`linear_emb`) on; `changes` for reduced
+    versions."""
     return dataclasses.replace(TextVAEConfig.codi_optimus(), latent_to_embeddings=True, **changes)
 
 # %% ../../nbs/18c_official_encoders.ipynb
 def relative_position_index(window: int) -> Tensor:
     "For the w*w positions of a window, the row of the relative-position table for each pair (query, key): (w*w, w*w)."
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing='ij')).flatten(1)   # (2, w*w)
-    offsets = coords[:, :, None] - coords[:, None, :] + window - 1                                               # each in 0..2w-2
+    # (2, w*w)
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing='ij')).flatten(1)
+    # each in 0..2w-2
+    offsets = coords[:, :, None] - coords[:, None, :] + window - 1
     return offsets[0] * (2 * window - 1) + offsets[1]
 
 def split_windows(x: Tensor, window: int) -> Tensor:
@@ -217,7 +236,8 @@ def merge_windows(windows: Tensor, window: int, h: int, w: int) -> Tensor:
     return x.reshape(-1, h, w, c)
 
 def shifted_window_mask(size: int, window: int, shift: int) -> Tensor:
-    "For a size x size map rolled by -shift: -100 where two positions of one window came from different regions, else 0."
+    """For a size x size map rolled by -shift: -100 where two positions of one window came from different regions, else
+    0."""
     regions = torch.zeros(1, size, size, 1)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     for i, (rows, cols) in enumerate((r, c) for r in bounds for c in bounds): regions[:, rows, cols] = i
@@ -239,20 +259,23 @@ class WindowAttention(nn.Module):
         "x: (B * windows, N, C); mask (windows, N, N) added to the logits, window i of every image getting mask[i]."
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)[None]   # (1, heads, N, N)
+        # (1, heads, N, N)
+        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)[None]
         if mask is not None: bias = bias + mask.repeat(b // len(mask), 1, 1)[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 class SwinBlock(nn.Module):
-    "Pre-norm window attention (on windows shifted by `shift` if > 0) and MLP, both residual, on a (B, size*size, C) map."
+    """Pre-norm window attention (on windows shifted by `shift` if > 0) and MLP, both residual, on a (B, size*size, C)
+    map."""
     def __init__(self, dim: int, size: int, heads: int, window: int, shift: int, mlp_ratio: float = 4.0):
         super().__init__()
         if size <= window: window, shift = size, 0                 # a map no larger than a window: one window, no shift
         self.size, self.window, self.shift = size, window, shift
         self.norm1, self.attn = nn.LayerNorm(dim), WindowAttention(dim, heads, window)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, int(dim * mlp_ratio)), act=nn.GELU(), fc2=nn.Linear(int(dim * mlp_ratio), dim)))
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, int(dim * mlp_ratio)), act=nn.GELU(),
+                                             fc2=nn.Linear(int(dim * mlp_ratio), dim)))
         self.register_buffer('attn_mask', shifted_window_mask(size, window, shift) if shift else None)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -265,7 +288,8 @@ class SwinBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 class PatchMerging(nn.Module):
-    "Each 2 x 2 group of positions -> one position of twice the width: concatenate (even/even, odd/even, even/odd, odd/odd), LayerNorm, linear."
+    """Each 2 x 2 group of positions -> one position of twice the width: concatenate (even/even, odd/even, even/odd,
+    odd/odd), LayerNorm, linear."""
     def __init__(self, dim: int, size: int):
         super().__init__()
         self.size = size
@@ -281,7 +305,8 @@ class SwinStage(nn.Module):
     "`blocks` alternating plain and shifted windows, then (except in the last stage) a `downsample` patch merging."
     def __init__(self, dim: int, size: int, depth: int, heads: int, window: int, downsample: bool):
         super().__init__()
-        self.blocks = nn.ModuleList(SwinBlock(dim, size, heads, window, window // 2 if i % 2 else 0) for i in range(depth))
+        self.blocks = nn.ModuleList(SwinBlock(dim, size, heads=heads, window=window, shift=window // 2 if i % 2 else 0)
+                                    for i in range(depth))
         self.downsample = PatchMerging(dim, size) if downsample else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -321,20 +346,25 @@ class HTSAT(nn.Module):
         self.patch_embed.proj = nn.Conv2d(1, c.embed_dim, c.patch_size, stride=c.patch_size)
         self.patch_embed.norm = nn.LayerNorm(c.embed_dim)
         grid, last = c.spec_size // c.patch_size, len(c.depths) - 1
-        self.layers = nn.ModuleList(SwinStage(c.embed_dim * 2 ** i, grid // 2 ** i, depth, heads, c.window, i < last)
+        self.layers = nn.ModuleList(SwinStage(c.embed_dim * 2 ** i, grid // 2 ** i, depth=depth, heads=heads,
+                                              window=c.window, downsample=i < last)
                                     for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads)))
         self.norm = nn.LayerNorm(c.width)
         freq_rows = grid // 2 ** last // (c.spec_size // c.mel_bins)
-        self.tscam_conv = nn.Conv2d(c.width, c.num_classes, (freq_rows, 3), padding=(0, 1))   # sound-event head: stored, unused here
+        # sound-event head: stored, unused here
+        self.tscam_conv = nn.Conv2d(c.width, c.num_classes, (freq_rows, 3), padding=(0, 1))
         self.head = nn.Linear(c.num_classes, c.num_classes)
 
     def to_image(self, log_mel: Tensor) -> Tensor:
-        "(B, 1, T, mel_bins) -> (B, 1, spec_size, spec_size): stretch T to spec_size * r (r = spec_size / mel_bins), stack r strips."
+        """(B, 1, T, mel_bins) -> (B, 1, spec_size, spec_size): stretch T to spec_size * r (r = spec_size / mel_bins),
+        stack r strips."""
         c = self.config
         r = c.spec_size // c.mel_bins
         b, _, t, f = log_mel.shape
-        if t > c.spec_size * r or f != c.mel_bins: raise ValueError(f'expected at most {c.spec_size * r} frames of {c.mel_bins} mel bins, got {(t, f)}')
-        if t < c.spec_size * r: log_mel = F.interpolate(log_mel, (c.spec_size * r, f), mode='bicubic', align_corners=True)
+        if t > c.spec_size * r or f != c.mel_bins: raise ValueError(f'expected at most {c.spec_size * r} frames of '
+                                                                    f'{c.mel_bins} mel bins, got {(t, f)}')
+        if t < c.spec_size * r: log_mel = F.interpolate(log_mel, (c.spec_size * r, f), mode='bicubic',
+                                                        align_corners=True)
         x = log_mel.transpose(2, 3).reshape(b, 1, f, r, c.spec_size).transpose(2, 3)          # (B, 1, r, F, T/r)
         return x.reshape(b, 1, r * f, c.spec_size)
 
@@ -347,21 +377,26 @@ class HTSAT(nn.Module):
 
 # %% ../../nbs/18c_official_encoders.ipynb
 class OfficialCLAP(nn.Module):
-    "The released `clap`: CLAP's audio tower, 16 kHz waveforms -> (B, 1, 768) unit vectors, as CoDi's audio prompt encoder."
+    """The released `clap`: CLAP's audio tower, 16 kHz waveforms -> (B, 1, 768) unit vectors, as CoDi's audio prompt
+    encoder."""
     def __init__(self, config: HTSATConfig | None = None):
         super().__init__()
         self.config = c = config or HTSATConfig()
         self.model = nn.Module()
         self.model.audio_branch = HTSAT(c)
-        self.model.audio_transform = nn.Module()           # CLAP's training-time MLP: stored in the file, not used for embeddings
-        self.model.audio_transform.sequential = nn.Sequential(nn.Linear(c.joint_dim, c.joint_dim), nn.ReLU(), nn.Dropout(0.1), nn.Linear(c.joint_dim, c.joint_dim))
-        self.model.audio_projection = nn.Sequential(nn.Linear(c.width, c.joint_dim), nn.ReLU(), nn.Linear(c.joint_dim, c.joint_dim))
+        # CLAP's training-time MLP: stored in the file, not used for embeddings
+        self.model.audio_transform = nn.Module()
+        self.model.audio_transform.sequential = nn.Sequential(nn.Linear(c.joint_dim, c.joint_dim), nn.ReLU(),
+                                                              nn.Dropout(0.1), nn.Linear(c.joint_dim, c.joint_dim))
+        self.model.audio_projection = nn.Sequential(nn.Linear(c.width, c.joint_dim), nn.ReLU(),
+                                                    nn.Linear(c.joint_dim, c.joint_dim))
 
     @property
     def mel_filters(self) -> Tensor:
         "Slaney mel filters (freqs, mel_bins), as librosa's (and the release's) defaults."
         c = self.config
-        return torchaudio.functional.melscale_fbanks(c.n_fft // 2 + 1, c.f_min, c.f_max, c.mel_bins, c.sample_rate, norm='slaney', mel_scale='slaney')
+        return torchaudio.functional.melscale_fbanks(c.n_fft // 2 + 1, c.f_min, c.f_max, c.mel_bins, c.sample_rate,
+                                                     norm='slaney', mel_scale='slaney')
 
     def fit_length(self, wave: Tensor, offset: int = 0) -> Tensor:
         "48 kHz clips (B, samples) -> (B, clip_samples): repeated whole times then zero-padded, or cut at `offset`."
@@ -374,11 +409,13 @@ class OfficialCLAP(nn.Module):
         c = self.config
         padded = F.pad(wave.float()[:, None], (c.n_fft // 2, c.n_fft // 2), mode='reflect')
         real, imag = F.conv1d(padded, windowed_fourier_basis(c.n_fft).to(wave.device), stride=c.hop).chunk(2, dim=1)
-        mel = (real ** 2 + imag ** 2).transpose(1, 2) @ self.mel_filters.to(wave.device)          # (B, frames, mel_bins)
+        # (B, frames, mel_bins)
+        mel = (real ** 2 + imag ** 2).transpose(1, 2) @ self.mel_filters.to(wave.device)
         return 10 * torch.log10(mel.clamp(min=1e-10))[:, None]
 
     def encode_audio(self, wave: Tensor, sample_rate: int = 16000, offset: int = 0) -> Tensor:
-        "Waveforms (B, samples) -> (B, 1, joint_dim), unit length; clips over 10 s are cut at `offset` (48 kHz samples)."
+        """Waveforms (B, samples) -> (B, 1, joint_dim), unit length; clips over 10 s are cut at `offset` (48 kHz
+        samples)."""
         if wave.ndim == 3 and wave.shape[1] == 1: wave = wave[:, 0]
         if wave.ndim != 2: raise ValueError(f'expected mono waveforms (B, samples), got {tuple(wave.shape)}')
         wave = torchaudio.functional.resample(wave.float(), sample_rate, self.config.sample_rate)
@@ -386,20 +423,26 @@ class OfficialCLAP(nn.Module):
         return F.normalize(self.model.audio_projection(self.model.audio_branch(mel)), dim=-1)[:, None]
 
 # %% ../../nbs/18c_official_encoders.ipynb
-REDUCED_HTSAT = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), joint_dim=48)   # HTSATConfig of the parity runs
+# HTSATConfig of the parity runs
+REDUCED_HTSAT = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), joint_dim=48)
 
 # %% ../../nbs/18c_official_encoders.ipynb
 def reduced_encoders() -> dict:
-    "The five encoders at the reduced sizes of the released run, seeded as there (`seed_parameters_`, seeds 0-4), in eval mode."
-    models = {'autokl': OfficialImageAutoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4)),
+    """The five encoders at the reduced sizes of the released run, seeded as there (`seed_parameters_`, seeds 0-4), in
+    eval mode."""
+    models = {'autokl': OfficialImageAutoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                                                   z_channels=4, embed_dim=4)),
               'audioldm': OfficialAudioLDM(OfficialAudioLDMConfig(
-                  AutoencoderConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, embed_dim=8),
+                  AutoencoderConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                    z_channels=8, embed_dim=8),
                   HiFiGANConfig(upsample_initial_channel=64))),
               'clip': OfficialCLIP(official_clip_config(48, REDUCED_CLIP_TEXT, REDUCED_CLIP_VISION)),
               'optimus': TextVAE(official_optimus_config(
-                  encoder_vocab_size=100, encoder_hidden=64, encoder_layers=2, encoder_heads=4, encoder_intermediate=128,
+                  encoder_vocab_size=100, encoder_hidden=64, encoder_layers=2, encoder_heads=4,
+                  encoder_intermediate=128,
                   encoder_max_positions=32, decoder_vocab_size=60, decoder_hidden=64, decoder_layers=2, decoder_heads=4,
-                  decoder_intermediate=256, decoder_max_positions=32, latent_dim=16, max_len=16, pad_id=57, bos_id=58, eos_id=59)),
+                  decoder_intermediate=256, decoder_max_positions=32, latent_dim=16, max_len=16, pad_id=57, bos_id=58,
+                  eos_id=59)),
               'clap': OfficialCLAP(HTSATConfig(**REDUCED_HTSAT))}
     for seed, model in enumerate(models.values()): seed_parameters_(model, seed)
     with torch.no_grad():                  # seeded LayerNorm gains of ~0.05 would drown HTS-AT's input in its biases

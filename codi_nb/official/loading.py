@@ -28,8 +28,10 @@ def read_official_state_dict(path) -> dict[str, Tensor]:
     try: obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-        raise ValueError(f'{path} holds pickled objects that are not tensors ({found.group(1) if found else "see the torch message above"}); '
-                         'refusing to unpickle them (weights_only=True). Only plain state dicts of tensors are loaded.') from e
+        raise ValueError(f'{path} holds pickled objects that are not tensors '
+                         f'({found.group(1) if found else "see the torch message above"}); '
+                         'refusing to unpickle them (weights_only=True). Only plain state dicts of tensors are '
+                         'loaded.') from e
     if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict): obj = obj['state_dict']
     if not isinstance(obj, dict): raise TypeError(f'{path} holds a {type(obj).__name__}, not a state dict')
     not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, Tensor))
@@ -41,8 +43,10 @@ def detect_official_unet(keys) -> str:
     keys = list(keys)
     found = [name for name, spec in OFFICIAL_DIFFUSERS.items() if any(k.startswith(spec.prefix) for k in keys)]
     if len(found) != 1:
-        raise ValueError(f'expected the keys of exactly one official UNet (prefixes {[s.prefix for s in OFFICIAL_DIFFUSERS.values()]}) '
-                         f'or of the encoders file (prefixes {[p + "." for p in OFFICIAL_ENCODER_PREFIXES]}), found {found or "none"}; '
+        raise ValueError(f'expected the keys of exactly one official UNet (prefixes '
+                         f'{[s.prefix for s in OFFICIAL_DIFFUSERS.values()]}) '
+                         f'or of the encoders file (prefixes {[p + "." for p in OFFICIAL_ENCODER_PREFIXES]}), found '
+                         f'{found or "none"}; '
                          f'first keys: {keys[:3]}. Pass name= to choose.')
     return found[0]
 
@@ -55,7 +59,8 @@ class OfficialEncoder:
     model_class: type
     default_config: object                     # a callable giving the full-size config
 
-    def build(self, config=None) -> nn.Module: return self.model_class(config if config is not None else self.default_config())
+    def build(self, config=None) -> nn.Module: return self.model_class(
+        config if config is not None else self.default_config())
 
 OFFICIAL_ENCODERS = {'autokl': OfficialEncoder(OfficialImageAutoencoder, AutoencoderConfig.codi_image),
                      'audioldm': OfficialEncoder(OfficialAudioLDM, OfficialAudioLDMConfig),
@@ -102,7 +107,8 @@ def _fit_encoders(state: dict, source: str, parts, configs) -> tuple[nn.Module, 
     groups = {}
     for key in state: groups.setdefault(key.split('.', 1)[0], []).append(key)
     stray = sorted(k for prefix, keys in groups.items() if prefix not in OFFICIAL_ENCODER_PREFIXES for k in keys)
-    if stray: raise StateDictMismatch(f'{source}: {len(stray)} keys outside the prefixes {OFFICIAL_ENCODER_PREFIXES}: {stray[:10]}')
+    if stray: raise StateDictMismatch(f'{source}: {len(stray)} keys outside the prefixes {OFFICIAL_ENCODER_PREFIXES}: '
+                                      f'{stray[:10]}')
     present = [p for p in OFFICIAL_ENCODER_PREFIXES if p in groups]
     parts = present if parts is None else list(parts)
     absent = [p for p in parts if p not in groups]
@@ -112,21 +118,26 @@ def _fit_encoders(state: dict, source: str, parts, configs) -> tuple[nn.Module, 
     return model, state
 
 def _finish_loading(model: nn.Module):
-    "Compute the buffers no file stores, and tie Optimus' lm_head to its token embeddings where the file's copies are equal."
+    """Compute the buffers no file stores, and tie Optimus' lm_head to its token embeddings where the file's copies are
+    equal."""
     for module in model.modules():
         for name, buffer in module._buffers.items():
             if buffer is None or not buffer.is_meta: continue
-            if name not in COMPUTED_BUFFERS: raise RuntimeError(f'buffer {name!r} of {type(module).__name__} is neither in the file nor computable')
+            if name not in COMPUTED_BUFFERS: raise RuntimeError(f'buffer {name!r} of {type(module).__name__} is '
+                                                                f'neither in the file nor computable')
             module._buffers[name] = COMPUTED_BUFFERS[name](buffer.shape)
-        if isinstance(module, TextVAE) and torch.equal(module.decoder.lm_head.weight, module.decoder.transformer.wte.weight):
+        if isinstance(module, TextVAE) and torch.equal(module.decoder.lm_head.weight,
+                                                       module.decoder.transformer.wte.weight):
             module.decoder.lm_head.weight = module.decoder.transformer.wte.weight
 
 def load_official(path, name: str | None = None, config=None, dtype: torch.dtype | None = None,
                   device: str | torch.device = 'cpu', parts=None) -> nn.Module:
-    "Load a released CoDi file (fp32 or fp16): a diffuser into our UNet, or `CoDi_encoders.pth` (its `parts`) into `OfficialEncoders`."
+    """Load a released CoDi file (fp32 or fp16): a diffuser into our UNet, or `CoDi_encoders.pth` (its `parts`) into
+    `OfficialEncoders`."""
     state = read_official_state_dict(path)
     if name == 'encoders' or (name is None and any(k.split('.', 1)[0] in OFFICIAL_ENCODER_PREFIXES for k in state)):
-        model, state = _fit_encoders(state, str(path), parts, config)          # config: {part: config} for reduced versions
+        # config: {part: config} for reduced versions
+        model, state = _fit_encoders(state, str(path), parts, config)
         source = f'{path} (read as the official encoders {list(model._modules)})'
     else:
         name = _official_name(name) if name else detect_official_unet(state)
@@ -144,7 +155,8 @@ def load_official(path, name: str | None = None, config=None, dtype: torch.dtype
 
 # %% ../../nbs/18d_official_loading.ipynb
 def find_official_checkpoint(name: str) -> Path | None:
-    "The released file for `name` ('image'/'video', 'audio', 'text', 'encoders') in the folder $CODI_CHECKPOINTS, if present."
+    """The released file for `name` ('image'/'video', 'audio', 'text', 'encoders') in the folder $CODI_CHECKPOINTS, if
+    present."""
     file = OFFICIAL_ENCODERS_FILE if name == 'encoders' else OFFICIAL_DIFFUSERS[_official_name(name)].file
     folder = os.environ.get('CODI_CHECKPOINTS')
     return Path(folder) / file if folder and (Path(folder) / file).is_file() else None

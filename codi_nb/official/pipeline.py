@@ -12,7 +12,8 @@ from torch import nn, Tensor
 from transformers import CLIPTokenizer, GPT2Tokenizer
 from ..unet import GroupNorm32
 from ..schedule import NoiseSchedule
-from ..samplers import make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS, RELEASE_GUIDANCE
+from ..samplers import (make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS,
+                              RELEASE_GUIDANCE)
 from .release import find_official_source
 from .unets import OFFICIAL_DIFFUSERS, official_unet
 from .loading import OfficialEncoders, official_encoders, load_official, find_official_checkpoint
@@ -23,26 +24,33 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_OUTPUT_UNET', 'RELEASE_GPT2_FOLDER
            'gpt2_tokenizer', 'optimus_words', 'OfficialCoDi', 'component_memory']
 
 # %% ../../nbs/18e_official_codi.ipynb
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)   # CLIPImageProcessor's defaults
+# CLIPImageProcessor's defaults
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class OfficialCoDiConfig:
-    "The released pipeline's settings in one place: latent scales and shapes, noise schedule, sampler defaults, unconditional prompts."
-    scale_factors: dict = field(default_factory=lambda: {'image': 0.18215, 'video': 0.18215, 'audio': 0.9228, 'text': 4.3108})
-    latent_shapes: dict = field(default_factory=lambda: {'image': (4, 32, 32), 'video': (4, 8, 32, 32), 'audio': (8, 256, 16), 'text': (768,)})
+    """The released pipeline's settings in one place: latent scales and shapes, noise schedule, sampler defaults,
+    unconditional prompts."""
+    scale_factors: dict = field(default_factory=lambda: {'image': 0.18215, 'video': 0.18215, 'audio': 0.9228,
+                                                         'text': 4.3108})
+    latent_shapes: dict = field(default_factory=lambda: {'image': (4, 32, 32), 'video': (4, 8, 32, 32),
+                                                         'audio': (8, 256, 16), 'text': (768,)})
     num_train_steps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     steps: int = DEFAULT_STEPS                 # DDIM, eta 0
     guidance: float = RELEASE_GUIDANCE
     empty_text_ids: tuple = (49406,) + (49407,) * 76   # CLIP tokens of "" padded to 77 (the pad token is end-of-text)
-    text_temperature: float | None = 1.0       # Optimus decoding: sample at this temperature (the release), None = greedy
+    # Optimus decoding: sample at this temperature (the release), None = greedy
+    text_temperature: float | None = 1.0
     max_text_tokens: int = 30
 
-OFFICIAL_OUTPUT_UNET = {'image': 'image', 'video': 'image', 'audio': 'audio', 'text': 'text'}   # output kind -> the UNet that makes it
+# output kind -> the UNet that makes it
+OFFICIAL_OUTPUT_UNET = {'image': 'image', 'video': 'image', 'audio': 'audio', 'text': 'text'}
 
 def unconditional_pixels(like: Tensor) -> Tensor:
-    "The release's unconditional image/video: all-zero in [-1, 1] (mid grey), after CLIP's normalisation; shape and dtype of `like`."
+    """The release's unconditional image/video: all-zero in [-1, 1] (mid grey), after CLIP's normalisation; shape and
+    dtype of `like`."""
     shape = [1] * like.ndim; shape[-3] = 3
     grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     return grey.reshape(shape).to(like).expand_as(like).contiguous()
@@ -56,75 +64,103 @@ class CoDiGeneration:
 # %% ../../nbs/18e_official_codi.ipynb
 @functools.cache
 def clip_tokenizer() -> CLIPTokenizer:
-    "`transformers`' CLIPTokenizer (what the release uses) on OpenAI's BPE vocabulary as shipped inside open_clip (bpe_simple_vocab_16e6.txt.gz)."
+    """`transformers`' CLIPTokenizer (what the release uses) on OpenAI's BPE vocabulary as shipped inside open_clip
+    (bpe_simple_vocab_16e6.txt.gz)."""
     from open_clip.tokenizer import SimpleTokenizer
-    bpe = SimpleTokenizer()                                                     # reads the vocabulary file bundled with open_clip
-    names = {bpe.sot_token_id: '<|startoftext|>', bpe.eot_token_id: '<|endoftext|>'}    # open_clip's <start_of_text>, <end_of_text>
+    # reads the vocabulary file bundled with open_clip
+    bpe = SimpleTokenizer()
+    # open_clip's <start_of_text>, <end_of_text>
+    names = {bpe.sot_token_id: '<|startoftext|>', bpe.eot_token_id: '<|endoftext|>'}
     merges = [pair for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
     return CLIPTokenizer(vocab={names.get(i, token): i for token, i in bpe.encoder.items()}, merges=merges)
 
 def clip_token_ids(texts: str | list[str], length: int = 77) -> Tensor:
-    "CLIP ids (B, length) of captions, as the release makes them: start, BPE tokens, end-of-text, padded with end-of-text, cut if longer."
+    """CLIP ids (B, length) of captions, as the release makes them: start, BPE tokens, end-of-text, padded with
+    end-of-text, cut if longer."""
     texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts or not all(isinstance(t, str) for t in texts): raise TypeError(f'expected a caption or a list of captions (str), got {texts!r}')
-    return clip_tokenizer()(texts, padding='max_length', truncation=True, max_length=length, return_tensors='pt')['input_ids']
+    if not texts or not all(isinstance(t, str) for t in texts): raise TypeError(f'expected a caption or a list of '
+                                                                                f'captions (str), got {texts!r}')
+    return clip_tokenizer()(texts, padding='max_length', truncation=True, max_length=length,
+                            return_tensors='pt')['input_ids']
 
 RELEASE_GPT2_FOLDER = 'core/models/latent_diffusion/vae/optimus_modules/vocab'      # in the released source
-GPT2_FILES = {'vocab': ('gpt2-vocab.json', 'vocab.json'), 'merges': ('gpt2-merges.txt', 'merges.txt')}   # the release's names, GPT-2's own
+# the release's names, GPT-2's own
+GPT2_FILES = {'vocab': ('gpt2-vocab.json', 'vocab.json'), 'merges': ('gpt2-merges.txt', 'merges.txt')}
 OPTIMUS_SPECIAL_TOKENS = {'pad_token': '<PAD>', 'bos_token': '<BOS>', 'eos_token': '<EOS>'}
 
 def gpt2_tokenizer(folder: str | Path | None = None) -> GPT2Tokenizer:
-    "GPT-2's tokenizer from local files in `folder` (default: the released source's copy) plus Optimus' <PAD> <BOS> <EOS>."
+    """GPT-2's tokenizer from local files in `folder` (default: the released source's copy) plus Optimus' <PAD> <BOS>
+    <EOS>."""
     if folder is None and (src := find_official_source()) is not None: folder = src / RELEASE_GPT2_FOLDER
     files = {}
     if folder is not None:
-        files = {kind: next((Path(folder) / n for n in names if (Path(folder) / n).is_file()), None) for kind, names in GPT2_FILES.items()}
+        files = {kind: next((Path(folder) / n for n in names if (Path(folder) / n).is_file()), None)
+                 for kind, names in GPT2_FILES.items()}
     if folder is None or None in files.values():
-        raise FileNotFoundError(f'no GPT-2 vocabulary{f" in {folder}" if folder else " given, and no released source found"}. Optimus writes GPT-2 '
-                                'token ids; to turn them into words provide GPT-2\'s vocab.json and merges.txt, which the release ships as '
-                                f'i-Code-V3/{RELEASE_GPT2_FOLDER}/gpt2-vocab.json and gpt2-merges.txt: pass that folder '
-                                '(gpt2_tokenizer(folder), OfficialCoDi.set_gpt2_vocabulary(folder)) or set $CODI_OFFICIAL_SRC to the i-Code-V3 folder')
+        raise FileNotFoundError(f'no GPT-2 '
+                                f'vocabulary{f" in {folder}" if folder else " given, and no released source found"}. '
+                                f'Optimus writes GPT-2 '
+                                'token ids; to turn them into words provide GPT-2\'s vocab.json and merges.txt, which '
+                                'the release ships as '
+                                f'i-Code-V3/{RELEASE_GPT2_FOLDER}/gpt2-vocab.json and gpt2-merges.txt: pass that '
+                                f'folder '
+                                '(gpt2_tokenizer(folder), OfficialCoDi.set_gpt2_vocabulary(folder)) or set '
+                                '$CODI_OFFICIAL_SRC to the i-Code-V3 folder')
     tokenizer = GPT2Tokenizer(vocab=str(files['vocab']), merges=str(files['merges']))
     tokenizer.add_special_tokens(OPTIMUS_SPECIAL_TOKENS)
     return tokenizer
 
 def optimus_words(tokenizer: GPT2Tokenizer, ids: list[int]) -> str:
-    "A caption from Optimus' GPT-2 ids, as the release prints it: special tokens dropped, repeated adjacent words merged."
+    """A caption from Optimus' GPT-2 ids, as the release prints it: special tokens dropped, repeated adjacent words
+    merged."""
     words = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).split()
     return ' '.join(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])
 
 # %% ../../nbs/18e_official_codi.ipynb
-def _dtype_of(module: nn.Module) -> torch.dtype: return next(p for p in module.parameters() if p.is_floating_point()).dtype
+def _dtype_of(module: nn.Module) -> torch.dtype: return next(p for p in module.parameters()
+                                                             if p.is_floating_point()).dtype
 
 class OfficialCoDi(nn.Module):
-    "The released CoDi: `encoders` (an `OfficialEncoders`) and `unets` ('image', 'audio', 'text'); `generate` does any-to-any."
-    def __init__(self, encoders: OfficialEncoders, unets: dict[str, nn.Module], config: OfficialCoDiConfig | None = None):
+    """The released CoDi: `encoders` (an `OfficialEncoders`) and `unets` ('image', 'audio', 'text'); `generate` does
+    any-to-any."""
+    def __init__(self, encoders: OfficialEncoders, unets: dict[str, nn.Module],
+                 config: OfficialCoDiConfig | None = None):
         super().__init__()
         self.config = c = config or OfficialCoDiConfig()
         self.encoders, self.unets = encoders, nn.ModuleDict(unets)
-        with torch.device('cpu'): self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)   # also when built on meta
+        # also when built on meta
+        with torch.device('cpu'): self.schedule = NoiseSchedule(c.num_train_steps, c.beta_start, c.beta_end)
         self.offload_device: torch.device | None = None
-        self.offload_log: list[str] = []             # components moved to the device, in order (sequential offload only)
-        self.gpt2_tokenizer: GPT2Tokenizer | None = None   # set by `set_gpt2_vocabulary`: text outputs then come as captions
+        # components moved to the device, in order (sequential offload only)
+        self.offload_log: list[str] = []
+        # set by `set_gpt2_vocabulary`: text outputs then come as captions
+        self.gpt2_tokenizer: GPT2Tokenizer | None = None
 
     @classmethod
-    def build(cls, config: OfficialCoDiConfig | None = None, encoder_configs: dict | None = None, unet_configs: dict | None = None) -> OfficialCoDi:
+    def build(cls, config: OfficialCoDiConfig | None = None, encoder_configs: dict | None = None,
+              unet_configs: dict | None = None) -> OfficialCoDi:
         "Full size unless configs are given (per part / per UNet); inside `with torch.device('meta'):` shapes only."
         unet_configs = unet_configs or {}
-        return cls(official_encoders(None, encoder_configs), {n: official_unet(n, unet_configs.get(n)) for n in OFFICIAL_DIFFUSERS}, config)
+        return cls(official_encoders(None, encoder_configs),
+                   {n: official_unet(n, unet_configs.get(n)) for n in OFFICIAL_DIFFUSERS}, config)
 
     @classmethod
-    def from_official(cls, dtype: torch.dtype | None = None, device='cpu', config: OfficialCoDiConfig | None = None, gpt2_vocab=None) -> OfficialCoDi:
-        "Load the four released files found by `find_official_checkpoint`, and GPT-2's vocabulary from `gpt2_vocab` or the released source if found."
+    def from_official(cls, dtype: torch.dtype | None = None, device='cpu', config: OfficialCoDiConfig | None = None,
+                      gpt2_vocab=None) -> OfficialCoDi:
+        """Load the four released files found by `find_official_checkpoint`, and GPT-2's vocabulary from `gpt2_vocab` or
+        the released source if found."""
         paths = {n: find_official_checkpoint(n) for n in (*OFFICIAL_DIFFUSERS, 'encoders')}
         missing = [n for n, p in paths.items() if p is None]
         if missing: raise FileNotFoundError(f'official CoDi files not found for {missing}: set $CODI_CHECKPOINTS')
         encoders = load_official(paths['encoders'], 'encoders', dtype=dtype, device=device)
-        model = cls(encoders, {n: load_official(paths[n], n, dtype=dtype, device=device) for n in OFFICIAL_DIFFUSERS}, config).eval()
-        return model.set_gpt2_vocabulary(gpt2_vocab) if gpt2_vocab is not None or find_official_source() is not None else model
+        model = cls(encoders, {n: load_official(paths[n], n, dtype=dtype, device=device) for n in OFFICIAL_DIFFUSERS},
+                    config).eval()
+        has_vocabulary = gpt2_vocab is not None or find_official_source() is not None
+        return model.set_gpt2_vocabulary(gpt2_vocab) if has_vocabulary else model
 
     def _apply(self, fn, recurse=True):
-        "After any cast (`.to`, `.half()`, ...), the UNets' GroupNorm32 parameters go back to float32: those norms compute in float32."
+        """After any cast (`.to`, `.half()`, ...), the UNets' GroupNorm32 parameters go back to float32: those norms
+        compute in float32."""
         super()._apply(fn, recurse)
         for m in self.modules():
             if isinstance(m, GroupNorm32): m.float()
@@ -164,37 +200,44 @@ class OfficialCoDi(nn.Module):
         return clip_token_ids(captions, self.encoders.clip.config.text_config.max_position_embeddings)
 
     def set_gpt2_vocabulary(self, folder: str | Path | None = None) -> OfficialCoDi:
-        "Read GPT-2's vocabulary from `folder` (default: the released source's copy) so that text outputs come as captions."
+        """Read GPT-2's vocabulary from `folder` (default: the released source's copy) so that text outputs come as
+        captions."""
         tokenizer, c = gpt2_tokenizer(folder), self.encoders.optimus.config
         specials = tokenizer.convert_tokens_to_ids(list(OPTIMUS_SPECIAL_TOKENS.values()))
         if len(tokenizer) != c.decoder_vocab_size or specials != [c.pad_id, c.bos_id, c.eos_id]:
-            raise ValueError(f'this GPT-2 vocabulary has {len(tokenizer)} tokens with <PAD> <BOS> <EOS> at {specials}; Optimus\' decoder has '
+            raise ValueError(f'this GPT-2 vocabulary has {len(tokenizer)} tokens with <PAD> <BOS> <EOS> at {specials}; '
+                             f'Optimus\' decoder has '
                              f'{c.decoder_vocab_size} with them at {[c.pad_id, c.bos_id, c.eos_id]}')
         self.gpt2_tokenizer = tokenizer
         return self
 
     def text_from_ids(self, ids: list[list[int]]) -> list[str]:
-        "Captions from Optimus' GPT-2 ids, as the release prints them; without a vocabulary set, `set_gpt2_vocabulary()` looks for one."
+        """Captions from Optimus' GPT-2 ids, as the release prints them; without a vocabulary set,
+        `set_gpt2_vocabulary()` looks for one."""
         if self.gpt2_tokenizer is None: self.set_gpt2_vocabulary()
         return [optimus_words(self.gpt2_tokenizer, row) for row in ids]
 
     @torch.no_grad()
     def encode_prompt(self, kind: str, x: Tensor | str | list[str]) -> tuple[Tensor, Tensor]:
-        "(conditional, unconditional) prompt vectors (B, 1, 768) of one input: 'text' captions or CLIP ids (B, L), 'image' (B, 3, H, W) or 'video' (B, F, 3, H, W) CLIP-normalised pixels, 'audio' 16 kHz waves (B, samples)."
+        """(conditional, unconditional) prompt vectors (B, 1, 768) of one input: 'text' captions or CLIP ids (B, L),
+        'image' (B, 3, H, W) or 'video' (B, F, 3, H, W) CLIP-normalised pixels, 'audio' 16 kHz waves (B, samples)."""
         dev = self.execution_device
         if kind == 'text':
             if isinstance(x, (str, list, tuple)): x = self.clip_ids(x)
             if not isinstance(x, Tensor) or x.ndim != 2 or x.is_floating_point():
-                raise ValueError(f'text input: a caption, a list of captions or CLIP token ids (B, L), got {getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+                raise ValueError(f'text input: a caption, a list of captions or CLIP token ids (B, L), got '
+                                 f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
             vocab = self.encoders.clip.config.text_config.vocab_size
             outside = x[(x < 0) | (x >= vocab)]
-            if len(outside): raise ValueError(f"text input: token id {int(outside[0])} is outside this CLIP's vocabulary of {vocab} tokens")
+            if len(outside): raise ValueError(f"text input: token id {int(outside[0])} is outside this CLIP's "
+                                              f"vocabulary of {vocab} tokens")
             with self.running('clip') as clip:
                 empty = torch.tensor(self.config.empty_text_ids, device=dev).expand(len(x), -1)
                 return clip.encode_text(x.to(dev)), clip.encode_text(empty)
         if kind in ('image', 'video'):
             if x.ndim != (4 if kind == 'image' else 5) or x.shape[-3] != 3:
-                raise ValueError(f'{kind} input: CLIP-normalised pixels {"(B, 3, H, W)" if kind == "image" else "(B, F, 3, H, W)"}, got {tuple(x.shape)}')
+                raise ValueError(f'{kind} input: CLIP-normalised pixels '
+                                 f'{"(B, 3, H, W)" if kind == "image" else "(B, F, 3, H, W)"}, got {tuple(x.shape)}')
             with self.running('clip') as clip:
                 pixels = x.to(dev, _dtype_of(clip))
                 return clip.encode_vision(pixels), clip.encode_vision(unconditional_pixels(pixels))
@@ -206,12 +249,16 @@ class OfficialCoDi(nn.Module):
         raise ValueError(f'unknown input kind {kind!r}; choose text, image, video or audio')
 
     def prompt_vectors(self, inputs: dict, weights: dict | None = None) -> tuple[Tensor, Tensor]:
-        "Weighted averages (weights default 1, normalised to sum 1) of the inputs' conditional and unconditional vectors, float32 (B, 1, 768)."
+        """Weighted averages (weights default 1, normalised to sum 1) of the inputs' conditional and unconditional
+        vectors, float32 (B, 1, 768)."""
         if not inputs: raise ValueError('generate needs at least one input')
-        inputs = {k: self.clip_ids(x) if k == 'text' and isinstance(x, (str, list, tuple)) else x for k, x in inputs.items()}
+        inputs = {k: self.clip_ids(x) if k == 'text' and isinstance(x, (str, list, tuple)) else x
+                  for k, x in inputs.items()}
         w = [float((weights or {}).get(k, 1.0)) for k in inputs]
-        if any(v < 0 for v in w) or sum(w) <= 0: raise ValueError(f'weights must be non-negative with a positive sum, got {w}')
-        if len({len(x) for x in inputs.values()}) != 1: raise ValueError(f'inputs differ in batch size: { {k: len(x) for k, x in inputs.items()} }')
+        if any(v < 0 for v in w) or sum(w) <= 0: raise ValueError(f'weights must be non-negative with a positive sum, '
+                                                                  f'got {w}')
+        if len({len(x) for x in inputs.values()}) != 1: raise ValueError(f'inputs differ in batch size: '
+                                                                         f'{ {k: len(x) for k, x in inputs.items()} }')
         pairs = [self.encode_prompt(k, x) for k, x in inputs.items()]
         mix = lambda i: sum(wi * p[i].float() for wi, p in zip(w, pairs)) / sum(w)
         return mix(0), mix(1)
@@ -221,7 +268,8 @@ class OfficialCoDi(nn.Module):
                        steps: int | None = None, guidance: float | None = None, sampler: str = DEFAULT_SAMPLER,
                        seed: int = 0) -> dict[str, Tensor]:
         """Latents of every requested output: one output -> its UNet alone (env=None); several -> stepped together, each
-        UNet reading its own environment token. Chapter 02's loop and guidance (unconditional half first, as released)."""
+        UNet reading its own environment token. Chapter 02's loop and guidance (unconditional half first, as
+        released)."""
         c = self.config
         steps, guidance = steps or c.steps, c.guidance if guidance is None else guidance
         outputs = list(outputs)
@@ -239,7 +287,7 @@ class OfficialCoDi(nn.Module):
                     def predict(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
                         x = x.to(dtype)
                         return unet(x, t, context.to(dtype), unet.environment(x, t) if joint else None).float()
-                    eps[k] = guided_prediction(predict, xs[k], t, cond, uncond, guidance)
+                    eps[k] = guided_prediction(predict, xs[k], t=t, condition=cond, uncondition=uncond, scale=guidance)
             return eps
         return sample_loop(denoise, {k: (b, *c.latent_shapes[k]) for k in outputs},
                            {k: make_sampler(sampler, self.schedule, steps) for k in outputs},
@@ -247,27 +295,33 @@ class OfficialCoDi(nn.Module):
 
     @torch.no_grad()
     def decode(self, kind: str, latents: Tensor, seed: int = 0):
-        "Decode diffusion latents: image (B, 3, H, W) / video (B, 3, F, H, W) in [0, 1], audio 16 kHz waves (B, samples), text captions (GPT-2 ids without a vocabulary)."
+        """Decode diffusion latents: image (B, 3, H, W) / video (B, 3, F, H, W) in [0, 1], audio 16 kHz waves (B,
+        samples), text captions (GPT-2 ids without a vocabulary)."""
         c, dev = self.config, self.execution_device
         if kind in ('image', 'video'):
-            with self.running('autokl') as vae: x = vae.decode((latents / c.scale_factors[kind]).to(dev, _dtype_of(vae)))
+            with self.running('autokl') as vae: x = vae.decode((latents / c.scale_factors[kind]).to(dev,
+                                                                                                    _dtype_of(vae)))
             return ((x.float() + 1) / 2).clamp(0, 1)
         if kind == 'audio':
-            if latents.abs().max() > 1e2: latents = latents.clamp(-10, 10)         # the release's guard against diverged samples
+            # the release's guard against diverged samples
+            if latents.abs().max() > 1e2: latents = latents.clamp(-10, 10)
             with self.running('audioldm') as ldm:
                 return ldm.mel_to_wave(ldm.decode((latents / c.scale_factors[kind]).to(dev, _dtype_of(ldm)))).float()
         if kind == 'text':
             with self.running('optimus') as optimus:
                 g = torch.Generator(device=dev).manual_seed(seed)
                 ids = optimus.generate((latents / c.scale_factors[kind]).to(dev, _dtype_of(optimus)), c.max_text_tokens,
-                                       greedy=c.text_temperature is None, temperature=c.text_temperature or 1.0, generator=g)
+                                       greedy=c.text_temperature is None, temperature=c.text_temperature or 1.0,
+                                       generator=g)
             return ids if self.gpt2_tokenizer is None else self.text_from_ids(ids)
         raise ValueError(f'unknown output kind {kind!r}')
 
     def generate(self, inputs: dict, outputs: list[str], weights: dict | None = None, steps: int | None = None,
                  guidance: float | None = None, sampler: str = DEFAULT_SAMPLER, seed: int = 0) -> CoDiGeneration:
-        "Any-to-any generation (inputs as `encode_prompt` takes them, e.g. {'text': 'a cat'}; DDIM 50 steps, guidance 7.5): `sample_latents`, then `decode`."
-        latents = self.sample_latents(inputs, outputs, weights, steps, guidance, sampler, seed)
+        """Any-to-any generation (inputs as `encode_prompt` takes them, e.g. {'text': 'a cat'}; DDIM 50 steps, guidance
+        7.5): `sample_latents`, then `decode`."""
+        latents = self.sample_latents(inputs, outputs, weights=weights, steps=steps, guidance=guidance, sampler=sampler,
+                                      seed=seed)
         return CoDiGeneration({k: self.decode(k, z, seed) for k, z in latents.items()}, latents)
 
 # %% ../../nbs/18e_official_codi.ipynb

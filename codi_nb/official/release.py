@@ -17,30 +17,39 @@ __all__ = ['OFFICIAL_SOURCE_MARKER', 'RELEASED_NEEDS', 'find_official_source', '
 OFFICIAL_SOURCE_MARKER = 'core/models/latent_diffusion/diffusion_unet.py'   # a file only the released source has
 
 def find_official_source() -> Path | None:
-    "The released CoDi source (the `i-Code-V3` folder of microsoft/i-Code, holding `core/`): $CODI_OFFICIAL_SRC, else `i-Code/i-Code-V3` or `i-Code-V3` in the working folder or a parent; None if absent."
+    """The released CoDi source (the `i-Code-V3` folder of microsoft/i-Code, holding `core/`): $CODI_OFFICIAL_SRC, else
+    `i-Code/i-Code-V3` or `i-Code-V3` in the working folder or a parent; None if absent."""
     if env := os.environ.get('CODI_OFFICIAL_SRC'):
         root = Path(env).expanduser()
         found = next((p for p in (root, root / 'i-Code-V3') if (p / OFFICIAL_SOURCE_MARKER).is_file()), None)
-        if found is None: raise FileNotFoundError(f'$CODI_OFFICIAL_SRC={env} holds no released CoDi source: expected {OFFICIAL_SOURCE_MARKER} '
-                                                  'in it or in its i-Code-V3/ (a clone of microsoft/i-Code); unset it to skip the live checks')
+        if found is None: raise FileNotFoundError(f'$CODI_OFFICIAL_SRC={env} holds no released CoDi source: expected '
+                                                  f'{OFFICIAL_SOURCE_MARKER} '
+                                                  'in it or in its i-Code-V3/ (a clone of microsoft/i-Code); unset it '
+                                                  'to skip the live checks')
         return found
     here = Path.cwd().resolve()
-    return next((p / sub for p in (here, *here.parents) for sub in ('i-Code/i-Code-V3', 'i-Code-V3') if (p / sub / OFFICIAL_SOURCE_MARKER).is_file()), None)
+    return next((p / sub for p in (here, *here.parents) for sub in ('i-Code/i-Code-V3', 'i-Code-V3')
+                 if (p / sub / OFFICIAL_SOURCE_MARKER).is_file()), None)
 
 # %% ../../nbs/18a_official_release.ipynb
-RELEASED_NEEDS = ('einops', 'torchlibrosa', 'librosa')     # imported by the released code, not dependencies of this library
+# imported by the released code, not dependencies of this library
+RELEASED_NEEDS = ('einops', 'torchlibrosa', 'librosa')
 
 @contextlib.contextmanager
 def released_code(src: Path):
-    "Import the released `core` package from `src` inside this block (its prints and warnings muted); sys.path, sys.modules and `.cuda` are restored after."
-    if 'core' in sys.modules: raise RuntimeError("a module named 'core' is already imported; the released package cannot be loaded beside it")
+    """Import the released `core` package from `src` inside this block (its prints and warnings muted); sys.path,
+    sys.modules and `.cuda` are restored after."""
+    if 'core' in sys.modules: raise RuntimeError("a module named 'core' is already imported; the released package "
+                                                 "cannot be loaded beside it")
     saved_path, saved_cuda, before = list(sys.path), torch.Tensor.cuda, set(sys.modules)
     sys.path.insert(0, str(src))
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self            # the joint forward and wav_to_fbank call .cuda() on their inputs
+    # the joint forward and wav_to_fbank call .cuda() on their inputs
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter('ignore')
-            # clip_modules/__init__.py imports helpers transformers 5 no longer has: register the package without running it
+            # clip_modules/__init__.py imports helpers transformers 5 no longer has:
+            # register the package without running it
             name = 'core.models.encoders.clip_modules'
             importlib.import_module('core.models.encoders')
             package = types.ModuleType(name); package.__path__ = [str(src / name.replace('.', '/'))]
@@ -63,7 +72,8 @@ def live_check_skip(src: Path | None) -> str | None:
 
 # %% ../../nbs/18a_official_release.ipynb
 def seeded_init_(model: nn.Module, seed: int, std: float = 0.05):
-    "Fill every parameter, in sorted-key order, from a seeded normal generator (the procedure used on the released classes)."
+    """Fill every parameter, in sorted-key order, from a seeded normal generator (the procedure used on the released
+    classes)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(model.state_dict(keep_vars=True).items()): p.copy_(torch.randn(p.shape, generator=g) * std)

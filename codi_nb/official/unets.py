@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from ..unet import UNetConfig, UNetModel, SpatialTransformer, TimestepEmbedSequential, normalization, timestep_embedding, zero_module
+from ..unet import (UNetConfig, UNetModel, SpatialTransformer, TimestepEmbedSequential, normalization,
+                          timestep_embedding, zero_module)
 from ..video_unet import FrameShiftBlock, RelativePositionBias, VideoResBlock, VideoUNetModel
 from ..text_unet import FullyConnectedResBlock, TextUNetModel
 
@@ -62,7 +63,8 @@ class OfficialTemporalAttention(nn.Module):
         return tokens + self.attend(y, bias)
 
     def attend(self, y: Tensor, bias: Tensor) -> Tensor:
-        "Multi-head attention of normalised tokens y (N, F, C) across frames, with the bias added to the logits; no residual."
+        """Multi-head attention of normalised tokens y (N, F, C) across frames, with the bias added to the logits; no
+        residual."""
         n, f, _ = y.shape
         k, v = self.to_kv(y).chunk(2, dim=-1)
         split = lambda t: t.reshape(n, f, self.heads, -1).transpose(1, 2)
@@ -76,7 +78,8 @@ class ChannelGEGLU(nn.Module):
         return value * F.gelu(gate)
 
 class TokenShiftFeedForward(nn.Module):
-    "GEGLU feed-forward over the channels of (B, C, F, H, W); half the hidden channels are taken from the previous frame."
+    """GEGLU feed-forward over the channels of (B, C, F, H, W); half the hidden channels are taken from the previous
+    frame."""
     def __init__(self, channels: int, mult: int = 4):
         super().__init__()
         inner = int(channels * mult * 2 / 3)
@@ -91,7 +94,8 @@ class TokenShiftFeedForward(nn.Module):
 
 # %% ../../nbs/18b_official_unets.ipynb
 def shift_frames(x: Tensor, groups: int = 8) -> Tensor:
-    "Split the channels of (B, C, F, H, W) in `groups` chunks and delay chunk i by i frames (zeros before the clip starts)."
+    """Split the channels of (B, C, F, H, W) in `groups` chunks and delay chunk i by i frames (zeros before the clip
+    starts)."""
     frames = x.shape[2]
     def delay(chunk: Tensor, i: int) -> Tensor:
         i = min(i, frames)
@@ -107,7 +111,8 @@ class GroupedFrameShift(FrameShiftBlock):
 
 class OfficialTemporalModule(nn.Module):
     "The released video layers after a ResBlock: temporal attention, token-shift feed-forward, grouped frame shift."
-    def __init__(self, channels: int, heads: int = 8, dim_head: int = 64, groups: int = 32, max_frames: int = 30, frame_rate: int = 4):
+    def __init__(self, channels: int, heads: int = 8, dim_head: int = 64, groups: int = 32, max_frames: int = 30,
+                 frame_rate: int = 4):
         super().__init__()
         self.frame_rate = frame_rate
         self.frameshiftblock = GroupedFrameShift(channels, groups)
@@ -136,7 +141,8 @@ class MultiDimLinear(nn.Linear):
 
 class MultiDimFCBlock(FullyConnectedResBlock):
     "Chapter 13's fully connected ResBlock applied to (B, C, S, 1) features flattened to C*S channels."
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, second_dim: int, dropout: float = 0.0, groups: int = 32):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, second_dim: int, dropout: float = 0.0,
+                 groups: int = 32):
         super().__init__(channels * second_dim, emb_channels, out_channels * second_dim, dropout, groups)
 
     def forward(self, x: Tensor, emb: Tensor, num_frames: int = 1) -> Tensor:
@@ -151,7 +157,8 @@ class OfficialUNetConfig(UNetConfig):
     connector_blocks: int = 1                 # ResBlocks per environment-encoder level
     connector_levels: tuple = (0, 1, 2)       # UNet levels whose blocks are followed by a connector attention
     connector_dim: int = 1280                 # width of the pooled environment token
-    first_skip_from_middle: bool = True       # as the released inference code: output block 0's skip is the middle output
+    # as the released inference code: output block 0's skip is the middle output
+    first_skip_from_middle: bool = True
 
 @dataclass
 class OfficialVideoUNetConfig(OfficialUNetConfig):
@@ -167,7 +174,8 @@ class OfficialTextUNetConfig(OfficialUNetConfig):
     second_dim: int = 4
 
 def block_levels(config: UNetConfig) -> tuple[list, list]:
-    "The level of the ResBlock in every input block (None: the input layer or a downsampling) and in every output block."
+    """The level of the ResBlock in every input block (None: the input layer or a downsampling) and in every output
+    block."""
     last = len(config.channel_mult) - 1
     levels_in = [None]
     for level in range(last + 1): levels_in += [level] * config.num_res_blocks + ([None] if level != last else [])
@@ -185,8 +193,10 @@ class ConnectorsMixin:
             for _ in range(c.connector_blocks):
                 self.connecters_out.append(TimestepEmbedSequential(self.make_resblock(ch, mult * c.model_channels)))
                 ch = mult * c.model_channels
-            if level != len(c.connector_mult) - 1: self.connecters_out.append(TimestepEmbedSequential(self.make_downsample(ch)))
-        self.connecters_out.append(TimestepEmbedSequential(normalization(ch, c.norm_groups), nn.SiLU(), self.make_connector_output(ch)))
+            if level != len(c.connector_mult) - 1: self.connecters_out.append(
+                TimestepEmbedSequential(self.make_downsample(ch)))
+        self.connecters_out.append(TimestepEmbedSequential(normalization(ch, c.norm_groups), nn.SiLU(),
+                                                           self.make_connector_output(ch)))
         levels_in, levels_out = block_levels(c)
         self.input_block_connecters_in = nn.ModuleList([self.make_connector_attention(level) for level in levels_in])
         self.output_block_connecters_in = nn.ModuleList([self.make_connector_attention(level) for level in levels_out])
@@ -195,12 +205,15 @@ class ConnectorsMixin:
         c = self.config
         if level not in c.connector_levels: return None
         ch = c.channel_mult[level] * c.model_channels
-        return TimestepEmbedSequential(SpatialTransformer(ch, c.num_heads, ch // c.num_heads, 1, c.connector_dim, groups=c.norm_groups))
+        return TimestepEmbedSequential(SpatialTransformer(ch, c.num_heads, dim_head=ch // c.num_heads, depth=1,
+                                                          context_dim=c.connector_dim,
+                                                          groups=c.norm_groups))
     def make_connector_input(self, ch: int) -> nn.Module: return nn.Conv2d(self.config.in_channels, ch, 3, padding=1)
     def make_connector_output(self, ch: int) -> nn.Module: return nn.Conv2d(ch, self.config.connector_dim, 3, padding=1)
 
     def environment(self, x: Tensor, timesteps: Tensor) -> Tensor:
-        "The environment encoder's token for latents x: (B, 1, connector_dim), mean over positions and frames, unit length."
+        """The environment encoder's token for latents x: (B, 1, connector_dim), mean over positions and frames, unit
+        length."""
         h, frames = self.fold(x)
         timesteps = timesteps.repeat_interleave(frames)
         self.check_inputs(h, timesteps, None)
@@ -209,7 +222,8 @@ class ConnectorsMixin:
         return F.normalize(h.reshape(len(x), frames, h.shape[1], -1).mean((1, 3)), dim=-1)[:, None]
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None, env: Tensor | None = None) -> Tensor:
-        "Noise prediction for x at timesteps (B,), attending to context (B, L, context_dim) and, if given, to env (B, 1, connector_dim)."
+        """Noise prediction for x at timesteps (B,), attending to context (B, L, context_dim) and, if given, to env (B,
+        1, connector_dim)."""
         if env is None: return super().forward(x, timesteps, context)
         if env.ndim != 3 or len(env) != len(x) or env.shape[-1] != self.config.connector_dim:
             raise ValueError(f'env must have shape ({len(x)}, 1, {self.config.connector_dim}), got {tuple(env.shape)}')
@@ -228,14 +242,17 @@ class OfficialAudioUNet(ConnectorsMixin, UNetModel):
         self.add_connectors()
 
 class OfficialVideoUNet(ConnectorsMixin, VideoUNetModel):
-    "The released image/video UNet (`unet_image`): video latents (B, C, F, H, W) or images (B, C, H, W), which skip the temporal layers."
+    """The released image/video UNet (`unet_image`): video latents (B, C, F, H, W) or images (B, C, H, W), which skip
+    the temporal layers."""
     def __init__(self, config: OfficialVideoUNetConfig):
         super().__init__(config)
         self.add_connectors()
 
     def make_resblock(self, ch_in: int, ch_out: int) -> nn.Module:
         c = self.config
-        temporal = OfficialTemporalModule(ch_out, c.temporal_heads, ch_out // c.temporal_head_ratio, c.norm_groups, c.max_frames, c.frame_rate)
+        temporal = OfficialTemporalModule(ch_out, c.temporal_heads, dim_head=ch_out // c.temporal_head_ratio,
+                                          groups=c.norm_groups,
+                                          max_frames=c.max_frames, frame_rate=c.frame_rate)
         return VideoResBlock(UNetModel.make_resblock(self, ch_in, ch_out), temporal)
 
 
@@ -245,15 +262,21 @@ class OfficialTextUNet(ConnectorsMixin, TextUNetModel):
         super().__init__(config)
         self.add_connectors()
 
-    def make_input_conv(self) -> nn.Module: return MultiDimLinear(self.config.in_channels, 1, self.config.model_channels, self.config.second_dim)
-    def make_output_conv(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim, self.config.out_channels, 1)
+    def make_input_conv(self) -> nn.Module: return MultiDimLinear(self.config.in_channels, 1,
+                                                                  self.config.model_channels, self.config.second_dim)
+    def make_output_conv(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim,
+                                                                            self.config.out_channels, 1)
     def make_resblock(self, ch_in: int, ch_out: int) -> nn.Module:
         c = self.config
-        return MultiDimFCBlock(ch_in, 4 * c.model_channels, ch_out, c.second_dim, c.dropout, c.norm_groups)
-    def make_downsample(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim, ch, self.config.second_dim)
+        return MultiDimFCBlock(ch_in, 4 * c.model_channels, out_channels=ch_out, second_dim=c.second_dim,
+                               dropout=c.dropout, groups=c.norm_groups)
+    def make_downsample(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim, ch,
+                                                                           self.config.second_dim)
     def make_upsample(self, ch: int) -> nn.Module: return self.make_downsample(ch)
-    def make_connector_input(self, ch: int) -> nn.Module: return MultiDimLinear(self.config.in_channels, 1, ch, self.config.second_dim)
-    def make_connector_output(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim, self.config.connector_dim, 1)
+    def make_connector_input(self, ch: int) -> nn.Module: return MultiDimLinear(self.config.in_channels, 1, ch,
+                                                                                self.config.second_dim)
+    def make_connector_output(self, ch: int) -> nn.Module: return MultiDimLinear(ch, self.config.second_dim,
+                                                                                 self.config.connector_dim, 1)
 
 # %% ../../nbs/18b_official_unets.ipynb
 @dataclass(frozen=True)
@@ -264,34 +287,42 @@ class OfficialDiffuser:
     model_class: type
 
     @property
-    def listing(self) -> str: return self.prefix.rstrip('.').rsplit('.', 1)[-1]    # 'unet_image', the name of its key listing
+    # 'unet_image', the name of its key listing
+    def listing(self) -> str: return self.prefix.rstrip('.').rsplit('.', 1)[-1]
 
 OFFICIAL_DIFFUSERS = {
-    'image': OfficialDiffuser('CoDi_video_diffuser_8frames.pth', 'model.diffusion_model.unet_image.', OfficialVideoUNet),
+    'image': OfficialDiffuser('CoDi_video_diffuser_8frames.pth', 'model.diffusion_model.unet_image.',
+                              OfficialVideoUNet),
     'audio': OfficialDiffuser('CoDi_audio_diffuser_m.pth', 'model.diffusion_model.unet_audio.', OfficialAudioUNet),
     'text': OfficialDiffuser('CoDi_text_diffuser.pth', 'model.diffusion_model.unet_text.', OfficialTextUNet)}
 
 def _official_name(name: str) -> str:
     name = 'image' if name == 'video' else name
-    if name not in OFFICIAL_DIFFUSERS: raise ValueError(f'unknown official UNet {name!r}; choose image, video, audio or text')
+    if name not in OFFICIAL_DIFFUSERS: raise ValueError(f'unknown official UNet {name!r}; choose image, video, audio '
+                                                        f'or text')
     return name
 
 def official_unet_config(name: str, **changes) -> OfficialUNetConfig:
     "The released config of the 'image' (= 'video'), 'audio' or 'text' UNet, with `changes` applied."
-    shared = dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2), num_heads=8, context_dim=768)
+    shared = dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2),
+                  num_heads=8, context_dim=768)
     config = {'image': lambda: OfficialVideoUNetConfig(in_channels=4, out_channels=4, **shared),
               'audio': lambda: OfficialUNetConfig(in_channels=8, out_channels=8, **{**shared, 'model_channels': 192}),
-              'text': lambda: OfficialTextUNetConfig(in_channels=768, out_channels=768, **shared)}[_official_name(name)]()
+              'text': lambda: OfficialTextUNetConfig(in_channels=768, out_channels=768,
+                                                     **shared)}[_official_name(name)]()
     return dataclasses.replace(config, **changes)
 
 def official_unet(name: str, config: OfficialUNetConfig | None = None) -> nn.Module:
-    "Build the released UNet `name` (full size unless `config` is given); use `with torch.device('meta'):` to inspect it for free."
+    """Build the released UNet `name` (full size unless `config` is given); use `with torch.device('meta'):` to inspect
+    it for free."""
     name = _official_name(name)
     return OFFICIAL_DIFFUSERS[name].model_class(config or official_unet_config(name))
 
 # %% ../../nbs/18b_official_unets.ipynb
 def small_unet_config(name: str, **changes) -> OfficialUNetConfig:
-    "A CPU-sized config of the released UNet `name`: 32 channels, two levels, context 16, token width 24; `changes` applied."
-    small = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(0, 1), num_heads=4, context_dim=16,
+    """A CPU-sized config of the released UNet `name`: 32 channels, two levels, context 16, token width 24; `changes`
+    applied."""
+    small = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(0, 1), num_heads=4,
+                 context_dim=16,
                  norm_groups=8, connector_mult=(1, 2), connector_levels=(0, 1), connector_dim=24)
     return official_unet_config(name, **(small | changes))

@@ -13,7 +13,8 @@ import numpy as np
 __all__ = ['MP4_FILE_SCALE', 'write_sample_files', 'write_toyworld']
 
 # %% ../../nbs/04_toyworld.ipynb
-from . import world as _world, dataset as _dataset, oracle as _oracle, media as _media, display as _display
+from . import (world as _world, dataset as _dataset, oracle as _oracle, media as _media,
+                              display as _display)
 from .world import *
 from .dataset import *
 from .oracle import *
@@ -21,20 +22,24 @@ from .media import *
 from .display import *
 
 # the names this module defines itself (nbdev lists them in `__all__` above) and every public name of the five modules
-__all__ = [*globals().get('__all__', ()), *(name for m in (_world, _dataset, _oracle, _media, _display) for name in m.__all__)]
+__all__ = [*globals().get('__all__', ()),
+           *(name for m in (_world, _dataset, _oracle, _media, _display) for name in m.__all__)]
 
 # %% ../../nbs/04_toyworld.ipynb
-MP4_FILE_SCALE = 4   # mp4 files are upscaled 4x (128 x 128, sharp pixels): watchable, and colours survive chroma subsampling
+# mp4 files are upscaled 4x (128 x 128, sharp pixels): watchable, and colours survive chroma subsampling
+MP4_FILE_SCALE = 4
 
 def write_sample_files(sample: dict, stem, seed: int | None = None, split: str | None = None) -> dict:
     "Write one sample as files next to `stem` (.png/.wav/.mp4+.npy/.json); returns the JSON record."
     from PIL import Image
     stem = Path(stem)
-    record = {'toyworld_version': 1, 'pair_kind': sample['kind'], 'index': sample.get('index'), 'seed': seed, 'split': split,
+    record = {'toyworld_version': 1, 'pair_kind': sample['kind'], 'index': sample.get('index'), 'seed': seed,
+              'split': split,
               'factors': asdict(sample['factors']), 'files': {}}
     if 'text' in sample: record['caption'] = sample['text']
     if 'image' in sample:
-        Image.fromarray(sample['image']).save(stem.with_suffix('.png')); record['files']['image'] = stem.with_suffix('.png').name
+        Image.fromarray(sample['image']).save(stem.with_suffix('.png'))
+        record['files']['image'] = stem.with_suffix('.png').name
     if 'audio' in sample:
         write_wav(stem.with_suffix('.wav'), sample['audio']); record['files']['audio'] = stem.with_suffix('.wav').name
         record['beep_times_s'] = sample['beep_times']

@@ -43,11 +43,13 @@ class ToyWorldDataset(torch.utils.data.Dataset):
         self.pair_kind, self.n, self.seed, self.split = pair_kind, int(n), int(seed), split
 
     def __len__(self): return self.n
-    def __repr__(self): return f'ToyWorldDataset({self.pair_kind!r}, n={self.n}, seed={self.seed}, split={self.split!r})'
+    def __repr__(self): return (f'ToyWorldDataset({self.pair_kind!r}, n={self.n}, seed={self.seed}, '
+                                f'split={self.split!r})')
 
     def seed_sequence(self, index: int) -> np.random.SeedSequence:
         "The random stream of item `index`: a function of (split, pair kind, seed, index) only."
-        return np.random.SeedSequence([2023, SPLITS.index(self.split), PAIR_KINDS.index(self.pair_kind), self.seed, index])
+        return np.random.SeedSequence([2023, SPLITS.index(self.split), PAIR_KINDS.index(self.pair_kind), self.seed,
+                                       index])
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)

@@ -62,8 +62,10 @@ def audio_player(wave, sample_rate: int = SAMPLE_RATE):
     wave = as_mono_wave(wave, sample_rate) if sample_rate == SAMPLE_RATE else np.asarray(wave, float).reshape(-1)
     return Audio(np.clip(wave, -1, 1), rate=sample_rate, normalize=False)
 
-def show_spectrogram(x, ax=None, sample_rate: int = SAMPLE_RATE, title: str | None = None, n_fft: int = 512, hop: int = 128):
-    "Plot a waveform's log-power spectrogram, or a 2-D (bins, frames) spectrogram such as a mel spectrogram; returns the axes."
+def show_spectrogram(x, ax=None, sample_rate: int = SAMPLE_RATE, title: str | None = None, n_fft: int = 512,
+                     hop: int = 128):
+    """Plot a waveform's log-power spectrogram, or a 2-D (bins, frames) spectrogram such as a mel spectrogram; returns
+    the axes."""
     import matplotlib.pyplot as plt
     if isinstance(x, torch.Tensor): x = x.detach().cpu().float().numpy()
     x = np.asarray(x, float)
@@ -84,10 +86,12 @@ def show_spectrogram(x, ax=None, sample_rate: int = SAMPLE_RATE, title: str | No
 
 # %% ../../nbs/04e_toyworld_display.ipynb
 def video_player(video, audio=None, fps: int = FPS, scale: int = 8, sample_rate: int = SAMPLE_RATE, loop: bool = True):
-    "An in-notebook HTML5 player for a uint8 video (upscaled `scale` x with sharp pixels), with an optional sound track."
+    """An in-notebook HTML5 player for a uint8 video (upscaled `scale` x with sharp pixels), with an optional sound
+    track."""
     from IPython.display import HTML
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_mp4(Path(tmp) / 'clip.mp4', video, fps, audio, sample_rate, scale=scale).read_bytes()
+        data = write_mp4(Path(tmp) / 'clip.mp4', video, fps=fps, audio=audio, sample_rate=sample_rate,
+                         scale=scale).read_bytes()
     src = base64.b64encode(data).decode()
     return HTML(f'<video controls {"loop" if loop else ""} style="image-rendering: pixelated">'
                 f'<source src="data:video/mp4;base64,{src}" type="video/mp4"></video>')

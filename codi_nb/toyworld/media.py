@@ -29,7 +29,8 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'no such sound file: {path}')
     try: wave, rate = sf.read(str(path), dtype='float32', always_2d=True)
-    except Exception as e: raise ValueError(f'could not read {path} as a sound file ({e}); expected e.g. a WAV or FLAC file') from e
+    except Exception as e: raise ValueError(f'could not read {path} as a sound file ({e}); expected e.g. a WAV or FLAC '
+                                            f'file') from e
     if wave.shape[1] > 1:
         warnings.warn(f'{path.name}: {wave.shape[1]} channels downmixed to mono by averaging')
     wave = wave.mean(1)
@@ -39,7 +40,8 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return wave.astype(np.float32)
 
 # %% ../../nbs/04d_toyworld_media.ipynb
-def write_mp4(path, video, fps: int = FPS, audio=None, sample_rate: int = SAMPLE_RATE, scale: int = 1, crf: int = 12) -> Path:
+def write_mp4(path, video, fps: int = FPS, audio=None, sample_rate: int = SAMPLE_RATE, scale: int = 1,
+              crf: int = 12) -> Path:
     "Write a uint8 (F, H, W, 3) video as H.264 mp4 with PyAV, optionally with a mono AAC sound track starting at t = 0."
     import av
     video = to_uint8_image(video)
@@ -57,7 +59,8 @@ def write_mp4(path, video, fps: int = FPS, audio=None, sample_rate: int = SAMPLE
             sound = container.add_stream('aac', rate=int(sample_rate))
             sound.layout = 'mono'
         for frame in video:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')): container.mux(packet)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                                   format='rgb24')): container.mux(packet)
         for packet in stream.encode(): container.mux(packet)
         if audio is not None:
             frame = av.AudioFrame.from_ndarray(wave[None], format='flt', layout='mono')
@@ -86,7 +89,8 @@ def read_mp4(path) -> tuple[np.ndarray, np.ndarray | None, int | None]:
     return frames, wave, rate
 
 def downscale_video(frames: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    "Block-average uint8 frames (F, k*size, k*size, 3) down to (F, size, size, 3); frames already that size pass through."
+    """Block-average uint8 frames (F, k*size, k*size, 3) down to (F, size, size, 3); frames already that size pass
+    through."""
     f, h, w, c = frames.shape
     if (h, w) == (size, size): return frames
     if h % size or w % size or h // size != w // size:
@@ -95,7 +99,8 @@ def downscale_video(frames: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     return frames.reshape(f, size, k, size, k, c).mean((2, 4)).round().astype(np.uint8)
 
 def read_video_file(path, size: int | None = IMAGE_SIZE) -> np.ndarray:
-    "Frames (uint8, F x size x size x 3) of an .mp4 (decoded) or .npy (lossless) video; upscaled files are block-averaged back to `size` (None: as stored)."
+    """Frames (uint8, F x size x size x 3) of an .mp4 (decoded) or .npy (lossless) video; upscaled files are
+    block-averaged back to `size` (None: as stored)."""
     path = Path(path)
     if path.suffix == '.npy':
         if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')

@@ -33,7 +33,8 @@ def nearest_color(rgb) -> str:
     return COLORS[int(np.argmin(((palette - np.asarray(rgb, float)) ** 2).sum(-1)))]
 
 def measure_image(img) -> dict:
-    "Raw measurements of one image: foreground area, bounding-box side, fill ratio, upper-half area fraction, mean colour, centroid (x, y)."
+    """Raw measurements of one image: foreground area, bounding-box side, fill ratio, upper-half area fraction, mean
+    colour, centroid (x, y)."""
     img = to_uint8_image(img)
     if img.ndim != 3: raise ValueError(f'expected one image (H, W, 3), got shape {img.shape}')
     foreground = img.max(-1) > FOREGROUND_THRESHOLD
@@ -42,12 +43,15 @@ def measure_image(img) -> dict:
     rows, cols = np.nonzero(foreground)
     height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
     box = foreground[rows.min():rows.max() + 1]
-    upper, lower = box[:height // 2].sum(), box[height - height // 2:].sum()   # the middle row of an odd box is left out
+    # the middle row of an odd box is left out
+    upper, lower = box[:height // 2].sum(), box[height - height // 2:].sum()
     return {'area': area, 'side': int(max(height, width)), 'fill': area / float(height * width),
-            'top': upper / max(upper + lower, 1), 'rgb': img[foreground].mean(0), 'centroid': (cols.mean() + 0.5, rows.mean() + 0.5)}
+            'top': upper / max(upper + lower, 1), 'rgb': img[foreground].mean(0),
+            'centroid': (cols.mean() + 0.5, rows.mean() + 0.5)}
 
 def classify_shape(fill: float, top: float) -> str:
-    "Shape from the fill ratio; in the band where small circles and triangles overlap, the top-heavy one is the triangle."
+    """Shape from the fill ratio; in the band where small circles and triangles overlap, the top-heavy one is the
+    triangle."""
     if fill > FILL_THRESHOLDS[1]: return 'square'
     if fill < FILL_THRESHOLDS[0] or (fill < AMBIGUOUS_FILL and top < TOP_HEAVY_THRESHOLD): return 'triangle'
     return 'circle'
@@ -72,7 +76,8 @@ def _vote(values):
     return str(names[np.argmax(counts)])
 
 def read_video(video) -> dict:
-    "Read color, shape, size (majority over frames), direction and bounce frame indices of a uint8 (F, H, W, 3) video (no motion is read if a frame is empty)."
+    """Read color, shape, size (majority over frames), direction and bounce frame indices of a uint8 (F, H, W, 3) video
+    (no motion is read if a frame is empty)."""
     video = to_uint8_image(video)
     if video.ndim != 4: raise ValueError(f'expected a video (frames, H, W, 3), got shape {video.shape}')
     measured = [measure_image(frame) for frame in video]
@@ -89,9 +94,11 @@ def read_video(video) -> dict:
     out['direction'] = (('left', 'right') if axis == 0 else ('up', 'down'))[int(steps[moving[0], axis] > 0)]
     along = steps[:, axis]
     signed = [(i, np.sign(d)) for i, d in enumerate(along) if abs(d) >= MIN_DISPLACEMENT_PX]
-    # step i moves from frame i to frame i+1; a flip between steps i and j is a bounce at frame i+1 (or between i+1 and j)
+    # step i moves from frame i to frame i+1;
+    # a flip between steps i and j is a bounce at frame i+1 (or between i+1 and j)
     bounces = [i + 1 for (i, a), (j, b) in zip(signed, signed[1:]) if a != b]
-    if signed and signed[-1][0] < len(along) - 1: bounces.append(signed[-1][0] + 1)   # it stops in the last step(s): a bounce half-way
+    # it stops in the last step(s): a bounce half-way
+    if signed and signed[-1][0] < len(along) - 1: bounces.append(signed[-1][0] + 1)
     out['bounces'] = bounces
     return out
 
@@ -136,7 +143,8 @@ def crest_factor(color: str, shape: str) -> float:
     return 1.0 / max_rms(unit_beep(color, shape))
 
 def measure_audio(wave, sample_rate: int = SAMPLE_RATE) -> dict:
-    "Raw audio measurements: onsets (s), spectral peak f0 (Hz), third-harmonic energy ratio, peak amplitude (estimated and max |x|)."
+    """Raw audio measurements: onsets (s), spectral peak f0 (Hz), third-harmonic energy ratio, peak amplitude (estimated
+    and max |x|)."""
     wave = as_mono_wave(wave, sample_rate)
     max_abs = float(np.abs(wave).max()) if len(wave) else 0.0
     if max_abs < SILENCE_PEAK: return {'onsets': [], 'f0': None, 'ratio': None, 'peak': max_abs, 'max_abs': max_abs}
@@ -219,7 +227,8 @@ def read_any(modality: str, x) -> dict:
     return READERS[modality](x)
 
 def factor_accuracy(truths, reads) -> dict:
-    "Per-factor accuracy of reader dicts against true Factors (only factors both carry), and 'all': every such factor right."
+    """Per-factor accuracy of reader dicts against true Factors (only factors both carry), and 'all': every such factor
+    right."""
     if len(truths) != len(reads): raise ValueError(f'{len(truths)} truths but {len(reads)} reads')
     if len(truths) == 0: raise ValueError('factor_accuracy needs at least one sample')
     right, seen = {}, {}

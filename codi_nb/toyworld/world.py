@@ -134,7 +134,8 @@ def render_image(factors: Factors, rng) -> np.ndarray:
 AXIS_AND_SIGN = {'left': ('x', -1), 'right': ('x', 1), 'up': ('y', -1), 'down': ('y', 1)}
 
 def bounce_path(start: float, low: float, high: float, sign: int, times) -> np.ndarray:
-    "Positions at `times` (frames) of a point moving at SPEED px/frame from `start` towards `sign`, mirrored at `low`/`high`."
+    """Positions at `times` (frames) of a point moving at SPEED px/frame from `start` towards `sign`, mirrored at
+    `low`/`high`."""
     length = high - low
     travelled = (start - low if sign > 0 else high - start) + SPEED * np.asarray(times, float)
     folded = np.mod(travelled, 2 * length)
@@ -150,8 +151,10 @@ def bounce_times(ahead: float, length: float) -> list[float]:
     return times
 
 def render_video(factors: Factors, rng) -> tuple[np.ndarray, list[float]]:
-    "8 frames (uint8, 8x32x32x3) of the shape bouncing along `factors.direction`, and the bounce times in frames (t < 8)."
-    if factors.direction is None: raise ValueError('a video needs factors with a direction; use sample_factors(rng, with_direction=True)')
+    """8 frames (uint8, 8x32x32x3) of the shape bouncing along `factors.direction`, and the bounce times in frames (t <
+    8)."""
+    if factors.direction is None: raise ValueError('a video needs factors with a direction; use sample_factors(rng, '
+                                                   'with_direction=True)')
     rng = as_rng(rng)
     rgb, radius = draw_appearance(factors, rng)
     axis, sign = AXIS_AND_SIGN[factors.direction]
@@ -163,7 +166,7 @@ def render_video(factors: Factors, rng) -> tuple[np.ndarray, list[float]]:
         bounces = bounce_times(ahead, high - low)
         if not any(UNRESOLVED_BOUNCE_FRAMES[0] <= t <= UNRESOLVED_BOUNCE_FRAMES[1] for t in bounces): break
     start = high - ahead if sign > 0 else low + ahead
-    moving = bounce_path(start, low, high, sign, np.arange(NUM_FRAMES))
+    moving = bounce_path(start, low, high=high, sign=sign, times=np.arange(NUM_FRAMES))
     cx, cy = (moving, np.full(NUM_FRAMES, fixed)) if axis == 'x' else (np.full(NUM_FRAMES, fixed), moving)
     return paint(shape_mask(factors.shape, cx, cy, radius), rgb), bounces
 
@@ -210,15 +213,18 @@ CAPTION_TEMPLATES = {
     'audio': ('the sound of a {size} {color} {shape}',)}
 
 def make_caption(factors: Factors, rng, kind: str = 'image', leave_out: tuple[str, ...] = ()) -> str:
-    "A caption for an image, a video or a sound of these factors, with synonyms drawn at random; factors in `leave_out` ('color', 'size') go unsaid."
+    """A caption for an image, a video or a sound of these factors, with synonyms drawn at random; factors in
+    `leave_out` ('color', 'size') go unsaid."""
     if kind not in CAPTION_TEMPLATES: raise ValueError(f'kind must be one of {tuple(CAPTION_TEMPLATES)}, got {kind!r}')
     if kind == 'video' and factors.direction is None: raise ValueError('a video caption needs factors with a direction')
-    if not set(leave_out) <= {'color', 'size'}: raise ValueError(f"only 'color' and 'size' can be left out of a caption, got {list(leave_out)}")
+    if not set(leave_out) <= {'color', 'size'}: raise ValueError(f"only 'color' and 'size' can be left out of a "
+                                                                 f"caption, got {list(leave_out)}")
     rng = as_rng(rng)
     templates = CAPTION_TEMPLATES[kind]
     template = templates[int(rng.integers(len(templates)))]
     for name in leave_out: template = template.replace(f' that is {{{name}}}', '').replace(f'{{{name}}} ', '')
-    words = {k: SYNONYMS[v][int(rng.integers(len(SYNONYMS[v])))] for k, v in factors.as_dict().items() if k not in leave_out}
+    words = {k: SYNONYMS[v][int(rng.integers(len(SYNONYMS[v])))] for k, v in factors.as_dict().items()
+             if k not in leave_out}
     text = template.format(**words)
     return re.sub(r'\ba (?=[aeiou])', 'an ', text)
 
@@ -228,7 +234,8 @@ def to_uint8_image(x) -> np.ndarray:
     if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.dtype != np.uint8:
-        raise TypeError(f'expected uint8 pixels (0..255), got {x.dtype}; convert floats first, e.g. (x.clip(0, 1) * 255).round().astype(np.uint8)')
+        raise TypeError(f'expected uint8 pixels (0..255), got {x.dtype}; convert floats first, e.g. (x.clip(0, 1) * '
+                        f'255).round().astype(np.uint8)')
     if x.ndim >= 3 and x.shape[-1] != 3 and x.shape[-3] == 3: x = np.moveaxis(x, -3, -1)
     if x.ndim < 3 or x.shape[-1] != 3: raise ValueError(f'expected RGB pixels (..., H, W, 3), got shape {x.shape}')
     return x
@@ -239,11 +246,13 @@ def as_mono_wave(wave, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     wave = np.asarray(wave)
     if wave.ndim == 2 and 1 in wave.shape: wave = wave.reshape(-1)
     if wave.ndim != 1: raise ValueError(f'expected a mono waveform (samples,), got shape {wave.shape}')
-    if not np.issubdtype(wave.dtype, np.floating): raise TypeError(f'expected float samples in [-1, 1], got {wave.dtype}')
+    if not np.issubdtype(wave.dtype, np.floating): raise TypeError(f'expected float samples in [-1, 1], got '
+                                                                   f'{wave.dtype}')
     if sample_rate != SAMPLE_RATE: wave = resample(wave, sample_rate, SAMPLE_RATE)
     return wave.astype(np.float64)
 
 def resample(wave: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
     "Resample a float waveform (last axis) with torchaudio's band-limited resampler."
     import torchaudio.functional as AF
-    return AF.resample(torch.as_tensor(np.ascontiguousarray(wave), dtype=torch.float32), int(from_rate), int(to_rate)).numpy()
+    return AF.resample(torch.as_tensor(np.ascontiguousarray(wave), dtype=torch.float32), int(from_rate),
+                       int(to_rate)).numpy()
