@@ -4,7 +4,7 @@
 
 # %% ../nbs/17a_command_line.ipynb 2
 from __future__ import annotations
-import argparse, ast, json, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 from .modalities import MODALITIES
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
@@ -14,7 +14,7 @@ from .composable import read_input_file, write_output_file  # chapter 14's file 
 from .joint_sampling import JointGenerator
 
 # %% auto 0
-__all__ = ['toyworld_parser', 'toyworld_cli', 'parse_weights', 'generate_parser', 'generate_cli', 'import_graph', 'find_cycles']
+__all__ = ['toyworld_parser', 'toyworld_cli', 'parse_weights', 'generate_parser', 'generate_cli']
 
 # %% ../nbs/17a_command_line.ipynb
 def toyworld_parser() -> argparse.ArgumentParser:
@@ -125,48 +125,3 @@ def generate_cli(argv=None) -> int:
     for s in samples.get('text', []): print(s)
     print(f'wrote {args.n} {"+".join(outputs)} sample(s) to {out}', file=sys.stderr)
     return 0
-
-# %% ../nbs/17a_command_line.ipynb
-def _imported_names(node: ast.Import | ast.ImportFrom, package: str) -> list[str]:
-    "The dotted names an import statement reads, made absolute: `from .x import y` → package.x, package.x.y."
-    if isinstance(node, ast.Import): return [a.name for a in node.names]
-    if node.level > 1: return []                                       # from ..x import: outside the package
-    base = (package + ('.' + node.module if node.module else '')) if node.level else node.module or ''
-    return [base] + [f'{base}.{a.name}' for a in node.names]
-
-def import_graph(package_dir) -> dict[str, set[str]]:
-    "{module: the package's modules it imports} for each `*.py` in `package_dir`, read with `ast` (in functions too)."
-    package_dir = Path(package_dir)
-    package, modules = package_dir.name, {p.stem for p in package_dir.glob('*.py')}
-    graph = {}
-    for path in sorted(package_dir.glob('*.py')):
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)): continue
-            for parts in (name.split('.') for name in _imported_names(node, package)):
-                if parts[0] == package: targets.add(parts[1] if len(parts) > 1 and parts[1] in modules else '__init__')
-        graph[path.stem] = targets & modules - {path.stem}
-    return graph
-
-def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    "One shortest import cycle [a, b, ..., a] through each group of modules that import each other; [] if none."
-    def reachable(start):
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph.get(todo.pop(), ()):
-                if nxt not in seen: seen.add(nxt); todo.append(nxt)
-        return seen
-    reach = {m: reachable(m) for m in graph}
-    cycles, covered = [], set()
-    for m in sorted(graph):
-        if m in covered or m not in reach[m]: continue
-        covered |= {n for n in reach[m] if m in reach.get(n, ())}
-        prev, queue = {}, [m]
-        for u in queue:                                    # breadth first: the first way back to m is a shortest one
-            if m in graph.get(u, ()):
-                path = [u]
-                while path[-1] != m: path.append(prev[path[-1]])
-                cycles.append(path[::-1] + [m]); break
-            for v in sorted(graph.get(u, ())):
-                if v != m and v not in prev: prev[v] = u; queue.append(v)
-    return cycles
