@@ -79,17 +79,16 @@ class JointConnector(nn.Module):
         if query_times is not None:
             query_times = query_times.to(x.device, torch.float32).expand(n, h).repeat_interleave(w, 1)   # (N, HW)
             q = q + self.query_time(self.embed_time(query_times))
-        times = torch.full((tokens.shape[1],), float('nan'),
-                           device=x.device) if token_times is None else token_times.to(x.device, torch.float32)
-        timed = ~times.isnan()
-        key_pos = torch.where(timed[:, None], self.key_time(self.embed_time(times.nan_to_num(0.0))), self.timeless)
-        kv = tokens + key_pos
+        kv, bias = tokens + self.timeless, None              # all timeless: no time embedding, no time penalty
+        if token_times is not None:                          # decided by the caller: no data-dependent branch
+            times = token_times.to(x.device, torch.float32)
+            timed = ~times.isnan()
+            kv = tokens + torch.where(timed[:, None], self.key_time(self.embed_time(times.nan_to_num(0.0))),
+                                      self.timeless)
+            if query_times is not None:
+                dt = (query_times[:, :, None] - times.nan_to_num(0.0)).abs() * timed      # (N, HW, L)
+                bias = -dt[:, None] * self.time_slope[:, None, None]                        # (N, heads, HW, L)
         split = lambda t: t.reshape(n, t.shape[1], self.heads, -1).transpose(1, 2)
-        bias = None
-        # decided by the caller: no data-dependent branch
-        if query_times is not None and token_times is not None:
-            dt = (query_times[:, :, None] - times.nan_to_num(0.0)).abs() * timed      # (N, HW, L)
-            bias = -dt[:, None] * self.time_slope[:, None, None]                        # (N, heads, HW, L)
         out = F.scaled_dot_product_attention(split(self.to_q(q)), split(self.to_k(kv)), split(self.to_v(kv)),
                                              attn_mask=bias)
         out = self.to_out(out.transpose(1, 2).reshape(n, h * w, c)).transpose(1, 2).reshape(n, c, h, w)

@@ -50,16 +50,16 @@ def sample_jointly(joint: JointDiffusion, conditions: dict[str, Tensor], sampler
     samplers = {m: make_sampler(sampler, models[m].schedule, steps) for m in outputs}
     clean = {}                                                            # predicted clean latents of the previous step
     def denoise(x: dict[str, Tensor], tb: Tensor) -> dict[str, Tensor]:
-        t, eps = int(tb[0]), {}
+        eps = {}                                          # tb stays a tensor: no device-to-host copy per step
         for group in ([{m: x[m]} for m in outputs] if independent else [x]):   # alone, each model runs its plain path
             env = None
             if lookahead is not None and clean and len(group) > 1:
-                ahead = torch.full((b,), int(t * lookahead), dtype=torch.long, device=device)
+                ahead = (tb.double() * lookahead).long()       # floor of lookahead·t, as an integer timestep
                 env = joint.noised_environment({m: clean[m] for m in group}, ahead, generator)
             eps |= guided_prediction(joint.predict_noise, group, t=tb, condition={m: conds[m] for m in group},
                                      uncondition={m: torch.zeros_like(conds[m]) for m in group}, scale=guidance,
                                      env=env)
-        if lookahead is not None: clean.update({m: models[m].schedule.predict_x0(x[m], eps[m], t) for m in outputs})
+        if lookahead is not None: clean.update({m: models[m].schedule.predict_x0(x[m], eps[m], tb) for m in outputs})
         return eps
     return sample_loop(denoise, {m: (b, *models[m].config.latent_shape) for m in outputs}, samplers,
                        generator=generator, device=device, progress=progress)
