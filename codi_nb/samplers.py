@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_samplers.ipynb 2
 from __future__ import annotations
-import math
+import math, numbers
 from typing import Callable, Sequence
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ class Sampler:
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, prediction_type: str = 'epsilon'):
         if prediction_type not in ('epsilon', 'v_prediction'):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) \
+                or not 1 <= num_steps <= schedule.num_train_steps:
+            raise ValueError(f'steps must be a whole number from 1 to {schedule.num_train_steps}, got {num_steps!r}')
         self.schedule, self.num_steps, self.prediction_type = schedule, num_steps, prediction_type
         self.abar = schedule.alphas_cumprod.double()
 
@@ -143,9 +146,7 @@ RELEASE_GUIDANCE = 7.5                            # the released CoDi's guidance
 def make_sampler(name: str, schedule: NoiseSchedule, steps: int = DEFAULT_STEPS) -> Sampler:
     "A fresh sampler `name` from `SAMPLERS` with `steps` steps on `schedule`."
     if name not in SAMPLERS: raise ValueError(f'unknown sampler {name!r}: sampler must be one of {tuple(SAMPLERS)}')
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.num_train_steps:
-        raise ValueError(f'steps must be a whole number from 1 to {schedule.num_train_steps}, got {steps!r}')
-    return SAMPLERS[name](schedule, steps)
+    return SAMPLERS[name](schedule, steps)                 # the Sampler checks `steps`
 
 # %% ../nbs/02_samplers.ipynb
 def sample_loop(denoise_fn: Callable, shape: Sequence[int] | dict, sampler: Sampler | dict,
