@@ -267,6 +267,11 @@ class UNetModel(nn.Module):
             raise ValueError(f'context must have shape ({len(x)}, L, {c.context_dim}), got {tuple(context.shape)}')
 
     # --- latents to a batch of (N, C, H, W) feature maps and back: the video and text variants override these ---
+    def embed_timesteps(self, timesteps: Tensor) -> Tensor:
+        "The timestep embedding (N, 4 · model_channels), in the model's own dtype (that of its weights)."
+        return self.time_embed(
+            timestep_embedding(timesteps, self.config.model_channels).to(self.time_embed[0].weight.dtype))
+
     def fold(self, x: Tensor) -> tuple[Tensor, int]:
         "Latents → (feature maps, frames per item); an image is one frame."
         return x, 1
@@ -286,9 +291,8 @@ class UNetModel(nn.Module):
             timesteps = timesteps.repeat_interleave(frames)
             context = None if context is None else context.repeat_interleave(frames, 0)
         self.check_inputs(h, timesteps, context)
-        dtype = self.time_embed[0].weight.dtype                           # the model computes in its own dtype
-        h, context = h.to(dtype), None if context is None else context.to(dtype)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        emb = self.embed_timesteps(timesteps)                             # the model computes in its own dtype
+        h, context = h.to(emb.dtype), None if context is None else context.to(emb.dtype)
         skips = []
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context, frames)

@@ -283,10 +283,9 @@ class OfficialCoDi(nn.Module):
             eps = {}
             for k in outputs:                                                        # the joint call, model by model
                 with self.running(f'unet_{OFFICIAL_OUTPUT_UNET[k]}') as unet:
-                    dtype = _dtype_of(unet)
+                    # the UNet casts its inputs to its own dtype and answers in theirs (chapter 03)
                     def predict(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-                        x = x.to(dtype)
-                        return unet(x, t, context.to(dtype), unet.environment(x, t) if joint else None).float()
+                        return unet(x, t, context, unet.environment(x, t) if joint else None)
                     eps[k] = guided_prediction(predict, xs[k], t=t, condition=cond, uncondition=uncond, scale=guidance)
             return eps
         return sample_loop(denoise, {k: (b, *c.latent_shapes[k]) for k in outputs},

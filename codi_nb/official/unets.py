@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from ..unet import (UNetConfig, UNetModel, SpatialTransformer, TimestepEmbedSequential, normalization,
-                          timestep_embedding, zero_module)
+from ..unet import UNetConfig, UNetModel, SpatialTransformer, TimestepEmbedSequential, normalization, zero_module
 from ..video_unet import FrameShiftBlock, RelativePositionBias, VideoResBlock, VideoUNetModel
 from ..text_unet import FullyConnectedResBlock, TextUNetModel
 
@@ -217,7 +216,8 @@ class ConnectorsMixin:
         h, frames = self.fold(x)
         timesteps = timesteps.repeat_interleave(frames)
         self.check_inputs(h, timesteps, None)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(h.dtype))
+        emb = self.embed_timesteps(timesteps)                  # chapter 03: in the model's dtype, as `forward`
+        h = h.to(emb.dtype)
         for block in self.connecters_out: h = block(h, emb, None, frames)
         return F.normalize(h.reshape(len(x), frames, h.shape[1], -1).mean((1, 3)), dim=-1)[:, None]
 
