@@ -97,8 +97,8 @@ class LogMel(nn.Module):
 # %% ../nbs/06_audio_codec.ipynb
 def _check_mel(log_mel: torch.Tensor, config: MelConfig) -> torch.Tensor:
     "Validate a log-mel batch and return it as float (B, 1, frames, mels)."
-    if not isinstance(log_mel, torch.Tensor): raise TypeError(f'expected a torch.Tensor log-mel, got '
-                                                              f'{type(log_mel).__name__}')
+    if not isinstance(log_mel, torch.Tensor):
+        raise TypeError(f'expected a torch.Tensor log-mel, got {type(log_mel).__name__}')
     if log_mel.ndim == 3: log_mel = log_mel[:, None]
     if log_mel.ndim != 4 or log_mel.shape[1] != 1 or log_mel.shape[-1] != config.n_mels:
         raise ValueError(f'expected a log-mel of shape (batch, 1, frames, {config.n_mels}), got '

@@ -68,8 +68,8 @@ class ComposableGenerator:
     output's diffusion model."""
     def __init__(self, encoders: PromptEncoders, codecs: ModalityCodecs, models: dict[str, LatentDiffusion]):
         for modality, model in models.items():
-            if model.config.modality != modality: raise ValueError(f'the model given for {modality!r} generates '
-                                                                   f'{model.config.modality!r}')
+            if model.config.modality != modality:
+                raise ValueError(f'the model given for {modality!r} generates {model.config.modality!r}')
         self.encoders, self.codecs, self.models = encoders, codecs, dict(models)
 
     @classmethod

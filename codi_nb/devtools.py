@@ -12,7 +12,8 @@ __all__ = ['LAYERS', 'TOYWORLD_USERS_FROM', 'module_names', 'import_graph', 'fin
 
 # %% ../nbs/90_contributing.ipynb
 def module_names(package_dir) -> dict[Path, str]:
-    "Each `*.py` under `package_dir` → its dotted name inside the package ('unet', 'official.unets', 'toyworld' for a package's `__init__`)."
+    """Each `*.py` under `package_dir` → its dotted name inside the package ('unet', 'official.unets', 'toyworld' for a
+    package's `__init__`)."""
     package_dir, out = Path(package_dir), {}
     for path in sorted(Path(package_dir).rglob('*.py')):
         parts = list(path.relative_to(package_dir).with_suffix('').parts)
@@ -21,7 +22,8 @@ def module_names(package_dir) -> dict[Path, str]:
     return out
 
 def _imported_names(node: ast.Import | ast.ImportFrom, package: str, module: str, is_init: bool) -> list[str]:
-    "The absolute dotted names an import statement reads (`from .x import y` read in package.m gives package.x, package.x.y)."
+    """The absolute dotted names an import statement reads (`from .x import y` read in package.m gives package.x,
+    package.x.y)."""
     if isinstance(node, ast.Import): return [a.name for a in node.names]
     base = node.module or ''
     if node.level:
@@ -33,7 +35,8 @@ def _imported_names(node: ast.Import | ast.ImportFrom, package: str, module: str
     return names if node.module is None else [base, *names]    # `from . import x` reads x, not the package
 
 def import_graph(package_dir) -> dict[str, set[str]]:
-    "{module: the package's modules it imports} for every module of the package at `package_dir`, subpackages included, read with `ast` (imports inside functions too)."
+    """{module: the package's modules it imports} for every module of the package at `package_dir`, subpackages
+    included, read with `ast` (imports inside functions too)."""
     package_dir = Path(package_dir)
     package, names = package_dir.name, module_names(package_dir)
     modules = set(names.values())
@@ -48,7 +51,8 @@ def import_graph(package_dir) -> dict[str, set[str]]:
         targets = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                targets |= {o for n in _imported_names(node, package, module, path.name == '__init__.py') if (o := owner(n))}
+                targets |= {o for n in _imported_names(node, package, module, path.name == '__init__.py')
+                            if (o := owner(n))}
         graph[module] = targets - {module}
     return graph
 
@@ -94,7 +98,10 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
         if not toy and module not in LAYERS: out.append(f'{module}: not in LAYERS'); continue
         for dep in sorted(imports):
             dep_toy = dep == 'toyworld' or dep.startswith('toyworld.')
-            if toy and not dep_toy and LAYERS.get(dep) != 0: out.append(f'{module} -> {dep}: ToyWorld imports the library')
-            elif dep_toy and not toy and LAYERS[module] < TOYWORLD_USERS_FROM: out.append(f'{module} -> {dep}: below layer 4')
-            elif not dep_toy and not toy and LAYERS.get(dep, 99) > LAYERS[module]: out.append(f'{module} -> {dep}: upwards')
+            if toy and not dep_toy and LAYERS.get(dep) != 0: out.append(f'{module} -> {dep}: ToyWorld imports the '
+                                                                        f'library')
+            elif dep_toy and not toy and LAYERS[module] < TOYWORLD_USERS_FROM: out.append(f'{module} -> {dep}: below '
+                                                                                          f'layer 4')
+            elif not dep_toy and not toy and LAYERS.get(dep, 99) > LAYERS[module]: out.append(f'{module} -> {dep}: '
+                                                                                              f'upwards')
     return out

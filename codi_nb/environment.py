@@ -43,8 +43,8 @@ class EnvironmentEncoderConfig:
     first_token_seconds: float = 0.0     # time of token 0 (video frame 0 at 0 s; audio row 0 at the middle of its span)
 
     def __post_init__(self):
-        if self.modality not in MODALITY_TABLE: raise ValueError(f'modality must be one of {MODALITIES}, got '
-                                                                 f'{self.modality!r}')
+        if self.modality not in MODALITY_TABLE:
+            raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
         self.latent_shape = tuple(self.latent_shape)
         need, axis = MODALITY_TABLE[self.modality].latent_ndim, MODALITY_TABLE[self.modality].token_axis
         if len(self.latent_shape) != need:
@@ -90,8 +90,8 @@ class EnvironmentEncoder(nn.Module):
         if tuple(latents.shape[1:]) != shape:
             raise ValueError(f'{self.config.modality} environment encoder takes latents (B, '
                              f'{", ".join(map(str, shape))}), got {tuple(latents.shape)}')
-        if timesteps.shape != (len(latents),): raise ValueError(f'need one timestep per latent: (B,) = '
-                                                                f'({len(latents)},), got {tuple(timesteps.shape)}')
+        if timesteps.shape != (len(latents),):
+            raise ValueError(f'need one timestep per latent: (B,) = ({len(latents)},), got {tuple(timesteps.shape)}')
 
     def forward(self, latents: Tensor, timesteps: Tensor) -> Tensor:
         "Noisy latents (B, *latent_shape) at integer timesteps (B,) → tokens (B, L, env_dim)."
@@ -133,8 +133,8 @@ class EnvironmentEncodersConfig:
                          for m, c in self.encoders.items()}
         for m, c in self.encoders.items():
             if c.modality != m: raise ValueError(f'the config under {m!r} is for {c.modality!r}')
-        if len({c.env_dim for c in self.encoders.values()}) > 1: raise ValueError('all environment encoders must share '
-                                                                                  'one env_dim')
+        if len({c.env_dim for c in self.encoders.values()}) > 1:
+            raise ValueError('all environment encoders must share one env_dim')
 
 class EnvironmentEncoders(nn.ModuleDict):
     """The environment encoders of all modalities, one `EnvironmentEncoder` per key (a dict of modules; saves and loads

@@ -26,9 +26,8 @@ def connector_sites(config: UNetConfig, levels: Sequence[int] | None = None) -> 
     the levels with attention, as the release; none after the middle block)."""
     c, sites, index = config, {}, 1
     levels = c.attention_levels if levels is None else tuple(levels)
-    if not set(levels) <= set(range(len(c.channel_mult))): raise ValueError(f'levels must be among '
-                                                                            f'0..{len(c.channel_mult) - 1}, got '
-                                                                            f'{levels}')
+    if not set(levels) <= set(range(len(c.channel_mult))):
+        raise ValueError(f'levels must be among 0..{len(c.channel_mult) - 1}, got {levels}')
     last = len(c.channel_mult) - 1
     for level, mult in enumerate(c.channel_mult):
         for _ in range(c.num_res_blocks):
@@ -73,8 +72,8 @@ class JointConnector(nn.Module):
         all timeless, and no time penalty); query_times (N, H) the time of every feature row, or None for a timeless
         map."""
         n, c, h, w = x.shape
-        if tokens.ndim != 3 or len(tokens) != n: raise ValueError(f'tokens must be ({n}, L, env_dim), got '
-                                                                  f'{tuple(tokens.shape)}')
+        if tokens.ndim != 3 or len(tokens) != n:
+            raise ValueError(f'tokens must be ({n}, L, env_dim), got {tuple(tokens.shape)}')
         q = self.norm(x).flatten(2).transpose(1, 2)                               # (N, HW, C)
         if query_times is not None:
             query_times = query_times.to(x.device, torch.float32).expand(n, h).repeat_interleave(w, 1)   # (N, HW)
@@ -155,8 +154,8 @@ class JointDiffusion(nn.Module):
                  sampling_lookahead: float | None = None):
         super().__init__()
         for m, model in models.items():
-            if model.config.modality != m: raise ValueError(f'the model given for {m!r} generates '
-                                                            f'{model.config.modality!r}')
+            if model.config.modality != m:
+                raise ValueError(f'the model given for {m!r} generates {model.config.modality!r}')
             if m not in encoders: raise ValueError(f'no environment encoder for {m!r}; give one per model')
         config = JointConfig({m: asdict(x.config) for m, x in models.items()},
                              {m: asdict(encoders[m].config) for m in models},
@@ -181,8 +180,8 @@ class JointDiffusion(nn.Module):
 
     # --- inputs
     def check_inputs(self, latents: dict, timesteps: Tensor, conditions: dict | None):
-        if not isinstance(latents, dict) or not latents: raise ValueError('latents must be a non-empty dict {modality: '
-                                                                          '(B, *latent_shape)}')
+        if not isinstance(latents, dict) or not latents:
+            raise ValueError('latents must be a non-empty dict {modality: (B, *latent_shape)}')
         unknown = set(latents) - set(self.models)
         if unknown: raise ValueError(f'no model for {sorted(unknown)}; this joint model generates '
                                      f'{sorted(self.models)}')
@@ -192,8 +191,8 @@ class JointDiffusion(nn.Module):
         sizes = {len(x) for x in latents.values()}
         if len(sizes) != 1: raise ValueError(f'every modality needs the same batch size, got '
                                              f'{ {m: len(x) for m, x in latents.items()} }')
-        if timesteps.ndim != 1 or len(timesteps) != sizes.pop(): raise ValueError(f'timesteps must have shape (B,), '
-                                                                                  f'got {tuple(timesteps.shape)}')
+        if timesteps.ndim != 1 or len(timesteps) != sizes.pop():
+            raise ValueError(f'timesteps must have shape (B,), got {tuple(timesteps.shape)}')
         for m, x in latents.items(): self.models[m].check_latents(x)
 
     # --- the environment
@@ -307,8 +306,8 @@ class JointDiffusion(nn.Module):
         pooled environment vectors; frozen modalities' vectors are detached. `lookahead` (in [0, 1]): the connectors
         read tokens of the partners' clean latents noised (afresh) to timestep lookahead·t, as
         `sample_jointly(lookahead=...)` gives them (chapter 17)."""
-        if not set(trainable) <= set(latents): raise ValueError(f'trainable {sorted(trainable)} must be among the '
-                                                                f'modalities given, {sorted(latents)}')
+        if not set(trainable) <= set(latents):
+            raise ValueError(f'trainable {sorted(trainable)} must be among the modalities given, {sorted(latents)}')
         check_lookahead(lookahead)
         b = len(next(iter(latents.values()))); device = next(iter(latents.values())).device
         t = torch.randint(0, min(self.models[m].config.num_train_steps for m in latents), (b,),

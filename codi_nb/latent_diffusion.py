@@ -53,20 +53,19 @@ class LatentDiffusionConfig:
     timestep_density: str = 'uniform'
 
     def __post_init__(self):
-        if self.modality not in MODALITIES: raise ValueError(f'modality must be one of {MODALITIES}, got '
-                                                             f'{self.modality!r}')
-        if self.prediction not in ('epsilon', 'v'): raise ValueError(f"prediction must be 'epsilon' or 'v', got "
-                                                                     f"{self.prediction!r}")
-        if self.timestep_density not in ('uniform', 'linear'): raise ValueError(f"timestep_density must be 'uniform' "
-                                                                                f"or 'linear', got "
-                                                                                f"{self.timestep_density!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f'modality must be one of {MODALITIES}, got {self.modality!r}')
+        if self.prediction not in ('epsilon', 'v'):
+            raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
+        if self.timestep_density not in ('uniform', 'linear'):
+            raise ValueError(f"timestep_density must be 'uniform' or 'linear', got {self.timestep_density!r}")
         if is_dataclass(self.denoiser): self.denoiser = asdict(self.denoiser)
         self.denoiser_class = checkpoint_name(self.denoiser_class)  # a class, short name or old path → its short name
         if not issubclass(checkpoint_class(self.denoiser_class), nn.Module):
             raise ValueError(f'denoiser_class must name a model class, got the config class {self.denoiser_class!r}')
         self.latent_shape = tuple(self.latent_shape)
-        if not 0 <= self.condition_dropout < 1: raise ValueError(f'condition_dropout must be in [0, 1), got '
-                                                                 f'{self.condition_dropout}')
+        if not 0 <= self.condition_dropout < 1:
+            raise ValueError(f'condition_dropout must be in [0, 1), got {self.condition_dropout}')
 
 # %% ../nbs/10_image_ldm.ipynb
 class LatentDiffusion(nn.Module):

@@ -110,8 +110,8 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         "uint8 videos (B, T, H, W, 3) → embeddings (B, embed_dim), not normalised."
-        if video.ndim != 5 or video.shape[-1] != 3: raise ValueError(f'expected videos (batch, frames, H, W, 3), got '
-                                                                     f'{tuple(video.shape)}')
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise ValueError(f'expected videos (batch, frames, H, W, 3), got {tuple(video.shape)}')
         b, t = video.shape[:2]
         if t != len(self.frame_position): raise ValueError(f'expected {len(self.frame_position)} frames, got {t}')
         pooled, tokens = self.visual(images_for_clip(video.reshape(b * t, *video.shape[2:])))   # (B·T, D), (B·T, P, W)
@@ -132,9 +132,8 @@ class AudioEncoder(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         "Waveforms (B, samples) at 16 kHz → embeddings (B, embed_dim), not normalised."
-        if wave.ndim != 2 or not wave.is_floating_point(): raise ValueError(f'expected float waveforms (batch, '
-                                                                            f'samples), got {tuple(wave.shape)} '
-                                                                            f'{wave.dtype}')
+        if wave.ndim != 2 or not wave.is_floating_point():
+            raise ValueError(f'expected float waveforms (batch, samples), got {tuple(wave.shape)} {wave.dtype}')
         x = (self.mel(wave) + 5.0) / 5.0                                       # log-mel, roughly in [-1.3, 1]
         h = self.convs(x)                                                      # (B, C, T/8, F/8)
         return self.proj(h.amax(2).flatten(1))                                 # max over time: a beep anywhere counts

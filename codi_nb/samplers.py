@@ -18,15 +18,15 @@ __all__ = ['SAMPLERS', 'DEFAULT_SAMPLER', 'DEFAULT_STEPS', 'DEFAULT_GUIDANCE', '
 # %% ../nbs/02_samplers.ipynb
 def leading_timesteps(num_train_steps: int, num_steps: int, offset: int = 0) -> Tensor:
     "Every (T // N)-th training step, descending, plus `offset` (LDM/CoDi spacing)."
-    if not 1 <= num_steps <= num_train_steps: raise ValueError(f'num_steps must be in [1, {num_train_steps}], got '
-                                                               f'{num_steps}')
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f'num_steps must be in [1, {num_train_steps}], got {num_steps}')
     ratio = num_train_steps // num_steps
     return (torch.arange(num_steps) * ratio).flip(0).long() + offset
 
 def linspace_timesteps(num_train_steps: int, num_steps: int) -> Tensor:
     "N steps evenly spaced over [0, T-1] (the last one, 0, is dropped), descending."
-    if not 1 <= num_steps <= num_train_steps: raise ValueError(f'num_steps must be in [1, {num_train_steps}], got '
-                                                               f'{num_steps}')
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f'num_steps must be in [1, {num_train_steps}], got {num_steps}')
     return torch.linspace(0, num_train_steps - 1, num_steps + 1, dtype=torch.float64).round().flip(0)[:-1].long()
 
 # %% ../nbs/02_samplers.ipynb
@@ -192,8 +192,8 @@ def classifier_free_guidance(eps_uncond: Tensor, eps_conds: Tensor | Sequence[Te
     weights = [1.0] * len(eps_conds) if weights is None else list(weights)
     if len(weights) != len(eps_conds): raise ValueError(f'{len(weights)} weights for {len(eps_conds)} conditions')
     total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights): raise ValueError(f'weights must be non-negative with a positive sum, '
-                                                                   f'got {weights}')
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f'weights must be non-negative with a positive sum, got {weights}')
     return eps_uncond + scale * sum((w / total) * (e - eps_uncond) for w, e in zip(weights, eps_conds))
 
 # %% ../nbs/02_samplers.ipynb

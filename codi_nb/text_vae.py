@@ -60,8 +60,8 @@ class WordTokenizer:
     def batch(self, texts: Sequence[str], max_len: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         "Token ids (B, L), right-padded with [PAD], and the attention mask (1 = token, 0 = padding)."
         if isinstance(texts, str): texts = [texts]
-        if not isinstance(texts, Sequence): raise TypeError(f'expected a list of caption strings, got '
-                                                            f'{type(texts).__name__}')
+        if not isinstance(texts, Sequence):
+            raise TypeError(f'expected a list of caption strings, got {type(texts).__name__}')
         if len(texts) == 0: raise ValueError('give a non-empty list of caption strings')
         rows = [self.encode(t, max_len) for t in texts]
         ids = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
@@ -121,8 +121,8 @@ class TextVAEConfig:
         for side in ('encoder', 'decoder'):
             hidden, heads = getattr(self, f'{side}_hidden'), getattr(self, f'{side}_heads')
             if hidden % heads: raise ValueError(f'{side}_hidden ({hidden}) must be divisible by {side}_heads ({heads})')
-        if self.pooling not in ('first', 'mean'): raise ValueError(f"pooling must be 'first' or 'mean', got "
-                                                                   f"{self.pooling!r}")
+        if self.pooling not in ('first', 'mean'):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
         if self.max_len > min(self.encoder_max_positions, self.decoder_max_positions - 1):
             raise ValueError('max_len must fit the position tables (the decoder memory takes one position)')
 

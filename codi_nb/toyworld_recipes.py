@@ -546,8 +546,8 @@ def vary_beep_timing(latents: Tensor, silence: Tensor, keep: float = 0.5,
     beep's slot with probability 1 - keep (at least one beep stays), `silence` (C, M) being one latent row of a
     silent clip, then roll the clip by a random number of rows. The caption still fits: 1-4 beeps at any time, as the
     sounds of bouncing videos have."""
-    if latents.ndim != 4 or latents.shape[2] != 16: raise ValueError(f'expects audio latents (B, C, 16, M), got '
-                                                                     f'{tuple(latents.shape)}')
+    if latents.ndim != 4 or latents.shape[2] != 16:
+        raise ValueError(f'expects audio latents (B, C, 16, M), got {tuple(latents.shape)}')
     b = len(latents)
     slots = latents.unflatten(2, (4, 4))                                     # (B, C, slot, row in slot, M)
     drop = torch.rand(b, 4, generator=generator) > keep

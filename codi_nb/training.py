@@ -82,12 +82,11 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
     the medium's own prompt vectors), one drawn per example with probabilities `mix`. AdamW with one-cycle (warm-up +
     cosine) learning rate; the weights end as their exponential moving average. Returns the loss per step."""
     conditions = [conditions] if isinstance(conditions, Tensor) else list(conditions)
-    if any(len(c) != len(latents) for c in conditions): raise ValueError('every conditions tensor needs one row per '
-                                                                         'latent')
+    if any(len(c) != len(latents) for c in conditions):
+        raise ValueError('every conditions tensor needs one row per latent')
     mix = torch.tensor([1.0] * len(conditions) if mix is None else list(mix), dtype=torch.float)
-    if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0: raise ValueError(f'mix needs '
-                                                                                          f'{len(conditions)} '
-                                                                                          f'non-negative weights')
+    if len(mix) != len(conditions) or (mix < 0).any() or mix.sum() <= 0:
+        raise ValueError(f'mix needs {len(conditions)} non-negative weights')
     stacked = torch.stack(conditions, 1)                           # (N, sources, D)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -251,12 +250,10 @@ def train_joint_stage(joint: JointDiffusion, pair: tuple[str, str], data: dict, 
     (N, S, D)}, 'mix': (S,)}: each step draws one of the S condition sources per example (the same for both sides).
     Returns the loss per step, in total and per part, and seconds per step."""
     pair = tuple(pair)
-    if len(pair) != 2 or not set(pair) <= set(data['latents']): raise ValueError(f"pair must name two modalities of "
-                                                                                 f"data['latents'] "
-                                                                                 f"({sorted(data['latents'])}), got "
-                                                                                 f"{pair}")
-    if not set(train) <= set(pair) or not train: raise ValueError(f'train must be a non-empty subset of the pair '
-                                                                  f'{pair}, got {sorted(train)}')
+    if len(pair) != 2 or not set(pair) <= set(data['latents']):
+        raise ValueError(f"pair must name two modalities of data['latents'] ({sorted(data['latents'])}), got {pair}")
+    if not set(train) <= set(pair) or not train:
+        raise ValueError(f'train must be a non-empty subset of the pair {pair}, got {sorted(train)}')
     n = len(data['latents'][pair[0]])
     mix = torch.as_tensor(data.get('mix', [1.0]), dtype=torch.float)
     params = set_trainable(joint, train, connectors_only)

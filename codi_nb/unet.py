@@ -209,8 +209,8 @@ class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
-        if c.model_channels % c.norm_groups: raise ValueError(f'model_channels {c.model_channels} must be divisible by '
-                                                              f'norm_groups {c.norm_groups}')
+        if c.model_channels % c.norm_groups:
+            raise ValueError(f'model_channels {c.model_channels} must be divisible by norm_groups {c.norm_groups}')
         emb_dim = 4 * c.model_channels
         self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(self.make_input_conv())])

@@ -361,8 +361,8 @@ class HTSAT(nn.Module):
         c = self.config
         r = c.spec_size // c.mel_bins
         b, _, t, f = log_mel.shape
-        if t > c.spec_size * r or f != c.mel_bins: raise ValueError(f'expected at most {c.spec_size * r} frames of '
-                                                                    f'{c.mel_bins} mel bins, got {(t, f)}')
+        if t > c.spec_size * r or f != c.mel_bins:
+            raise ValueError(f'expected at most {c.spec_size * r} frames of {c.mel_bins} mel bins, got {(t, f)}')
         if t < c.spec_size * r: log_mel = F.interpolate(log_mel, (c.spec_size * r, f), mode='bicubic',
                                                         align_corners=True)
         x = log_mel.transpose(2, 3).reshape(b, 1, f, r, c.spec_size).transpose(2, 3)          # (B, 1, r, F, T/r)

@@ -123,8 +123,8 @@ def _finish_loading(model: nn.Module):
     for module in model.modules():
         for name, buffer in module._buffers.items():
             if buffer is None or not buffer.is_meta: continue
-            if name not in COMPUTED_BUFFERS: raise RuntimeError(f'buffer {name!r} of {type(module).__name__} is '
-                                                                f'neither in the file nor computable')
+            if name not in COMPUTED_BUFFERS:
+                raise RuntimeError(f'buffer {name!r} of {type(module).__name__} is neither in the file nor computable')
             module._buffers[name] = COMPUTED_BUFFERS[name](buffer.shape)
         if isinstance(module, TextVAE) and torch.equal(module.decoder.lm_head.weight,
                                                        module.decoder.transformer.wte.weight):

@@ -78,8 +78,8 @@ def clip_token_ids(texts: str | list[str], length: int = 77) -> Tensor:
     """CLIP ids (B, length) of captions, as the release makes them: start, BPE tokens, end-of-text, padded with
     end-of-text, cut if longer."""
     texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts or not all(isinstance(t, str) for t in texts): raise TypeError(f'expected a caption or a list of '
-                                                                                f'captions (str), got {texts!r}')
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f'expected a caption or a list of captions (str), got {texts!r}')
     return clip_tokenizer()(texts, padding='max_length', truncation=True, max_length=length,
                             return_tensors='pt')['input_ids']
 
@@ -255,10 +255,10 @@ class OfficialCoDi(nn.Module):
         inputs = {k: self.clip_ids(x) if k == 'text' and isinstance(x, (str, list, tuple)) else x
                   for k, x in inputs.items()}
         w = [float((weights or {}).get(k, 1.0)) for k in inputs]
-        if any(v < 0 for v in w) or sum(w) <= 0: raise ValueError(f'weights must be non-negative with a positive sum, '
-                                                                  f'got {w}')
-        if len({len(x) for x in inputs.values()}) != 1: raise ValueError(f'inputs differ in batch size: '
-                                                                         f'{ {k: len(x) for k, x in inputs.items()} }')
+        if any(v < 0 for v in w) or sum(w) <= 0:
+            raise ValueError(f'weights must be non-negative with a positive sum, got {w}')
+        if len({len(x) for x in inputs.values()}) != 1:
+            raise ValueError(f'inputs differ in batch size: { {k: len(x) for k, x in inputs.items()}}')
         pairs = [self.encode_prompt(k, x) for k, x in inputs.items()]
         mix = lambda i: sum(wi * p[i].float() for wi, p in zip(w, pairs)) / sum(w)
         return mix(0), mix(1)

@@ -217,8 +217,8 @@ def make_caption(factors: Factors, rng, kind: str = 'image', leave_out: tuple[st
     `leave_out` ('color', 'size') go unsaid."""
     if kind not in CAPTION_TEMPLATES: raise ValueError(f'kind must be one of {tuple(CAPTION_TEMPLATES)}, got {kind!r}')
     if kind == 'video' and factors.direction is None: raise ValueError('a video caption needs factors with a direction')
-    if not set(leave_out) <= {'color', 'size'}: raise ValueError(f"only 'color' and 'size' can be left out of a "
-                                                                 f"caption, got {list(leave_out)}")
+    if not set(leave_out) <= {'color', 'size'}:
+        raise ValueError(f"only 'color' and 'size' can be left out of a caption, got {list(leave_out)}")
     rng = as_rng(rng)
     templates = CAPTION_TEMPLATES[kind]
     template = templates[int(rng.integers(len(templates)))]
@@ -246,8 +246,8 @@ def as_mono_wave(wave, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     wave = np.asarray(wave)
     if wave.ndim == 2 and 1 in wave.shape: wave = wave.reshape(-1)
     if wave.ndim != 1: raise ValueError(f'expected a mono waveform (samples,), got shape {wave.shape}')
-    if not np.issubdtype(wave.dtype, np.floating): raise TypeError(f'expected float samples in [-1, 1], got '
-                                                                   f'{wave.dtype}')
+    if not np.issubdtype(wave.dtype, np.floating):
+        raise TypeError(f'expected float samples in [-1, 1], got {wave.dtype}')
     if sample_rate != SAMPLE_RATE: wave = resample(wave, sample_rate, SAMPLE_RATE)
     return wave.astype(np.float64)
 
