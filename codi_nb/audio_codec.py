@@ -244,6 +244,8 @@ class AudioCodec(nn.Module):
         "Scaled latents → waveforms (B, samples), float32 numpy, clipped to [-1, 1]."
         return self.vocoder(self.decode_mel(latents)).clamp(-1, 1).numpy()
 
+    encode_media, decode_media = encode, decode         # the codec interface of chapter 10's `ModalityCodecs`
+
     def round_trip(self, wave) -> np.ndarray:
         "Waveform → mel → latent → mel → waveform."
         return self.decode(self.encode(wave))

@@ -18,7 +18,9 @@ from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .prompt_encoders import PromptEncoders
 
 # %% auto 0
-__all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'prompt_items', 'input_weights', 'ComposableGenerator', 'generate', 'read_input_file',
+__all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights',
+           'ComposableGenerator', 'generate', 'read_image_input', 'read_audio_input', 'read_video_input',
+           'write_text_output', 'write_image_output', 'write_video_output', 'write_audio_output', 'read_input_file',
            'write_output_file', 'parse_outputs']
 
 # %% ../nbs/14_composable_conditioning.ipynb
@@ -31,13 +33,10 @@ def prompt_items(inputs: dict) -> list[tuple[str, object]]:
     for modality, value in inputs.items():
         if modality not in MODALITIES: raise ValueError(f'unknown input modality {modality!r}; use one of {MODALITIES}')
         if value is None: raise ValueError(f'input {modality!r} is None: give it a value or leave it out')
-        if modality == 'text':
-            texts = [value] if isinstance(value, str) else list(value)
-            if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise ValueError('text inputs must be non-empty strings (or a list of them)')
-            items += [('text', t) for t in texts]
-            continue
-        x = [value] if MODALITY_TABLE[modality].is_single(value) else list(value)
+        spec = MODALITY_TABLE[modality]
+        x = [value] if spec.is_single(value) else list(value)
+        if spec.item_ndim is None and not all(isinstance(t, str) and t.strip() for t in x):
+            raise ValueError(f'{modality} inputs must be non-empty strings (or a list of them)')
         if not len(x): raise ValueError(f'no {modality} inputs given')
         items += [(modality, v) for v in x]
     return items
@@ -82,8 +81,7 @@ class ComposableGenerator:
     def prompt_vectors(self, inputs: dict) -> tuple[list[str], Tensor]:
         "Each input's modality and its L2-normalised prompt vector (N, D)."
         items = prompt_items(inputs)
-        vectors = [self.encoders.encode({m: [x] if m == 'text' else torch.as_tensor(np.asarray(x))[None]})[m][0]
-                   for m, x in items]
+        vectors = [self.encoders.encode({m: x})[m][0] for m, x in items]
         return [m for m, _ in items], torch.stack(vectors)
 
     def condition(self, inputs: dict, weights: dict | None = None, normalize: bool = True) -> Tensor:
@@ -127,48 +125,66 @@ from .toyworld import (IMAGE_SIZE, SAMPLE_RATE, FPS, read_wav, read_video_file, 
 CLIP_SAMPLES = 2 * SAMPLE_RATE          # ToyWorld clips are 2 s long
 VIDEO_FRAMES = 8
 
+def read_image_input(path: Path) -> np.ndarray:
+    "A png as one (32, 32, 3) uint8 ToyWorld image (square multiples of 32 are block-averaged down)."
+    from PIL import Image, UnidentifiedImageError
+    try: image = np.asarray(Image.open(path).convert('RGB'))
+    except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); '
+                                                                    f'expected a png') from e
+    h, w = image.shape[:2]
+    if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld images are '
+                                                  f'{IMAGE_SIZE}x{IMAGE_SIZE} (square multiples of that are '
+                                                  f'block-averaged down)')
+    return downscale_video(image[None], IMAGE_SIZE)[0]
+
+def read_audio_input(path: Path) -> np.ndarray:
+    "A wav as one 2 s clip at 16 kHz (other rates resampled; longer cut, shorter padded with silence, with a note)."
+    wave = read_wav(path)
+    if len(wave) != CLIP_SAMPLES:
+        print(f'note: {path.name} is {len(wave) / SAMPLE_RATE:.2f} s; cut or padded with silence to '
+              f'{CLIP_SAMPLES / SAMPLE_RATE:.0f} s', file=sys.stderr)
+        wave = np.pad(wave[:CLIP_SAMPLES], (0, max(0, CLIP_SAMPLES - len(wave))))
+    return wave
+
+def read_video_input(path: Path) -> np.ndarray:
+    "An mp4 or npy as one (8, 32, 32, 3) uint8 ToyWorld video."
+    frames = read_video_file(path)
+    if len(frames) != VIDEO_FRAMES: raise ValueError(f'{path.name} has {len(frames)} frames; ToyWorld videos have '
+                                                     f'{VIDEO_FRAMES}')
+    return frames
+
+def write_text_output(sample: str, stem: Path) -> list[Path]:
+    path = stem.with_suffix('.txt'); path.write_text(sample + '\n'); return [path]
+
+def write_image_output(sample, stem: Path) -> list[Path]:
+    from PIL import Image
+    path = stem.with_suffix('.png'); Image.fromarray(to_uint8_image(sample)).save(path); return [path]
+
+def write_video_output(sample, stem: Path) -> list[Path]:
+    np.save(stem.with_suffix('.npy'), to_uint8_image(sample))
+    return [write_mp4(stem.with_suffix('.mp4'), sample, FPS, scale=4), stem.with_suffix('.npy')]
+
+def write_audio_output(sample, stem: Path) -> list[Path]: return [write_wav(stem.with_suffix('.wav'), sample)]
+
+# the file formats of each modality: what `codi-toyworld` writes and `codi-generate` reads and writes
+INPUT_READERS = {'image': read_image_input, 'audio': read_audio_input, 'video': read_video_input}
+OUTPUT_WRITERS = {'text': write_text_output, 'image': write_image_output, 'video': write_video_output,
+                  'audio': write_audio_output}
+
 def read_input_file(modality: str, path) -> object:
     """An input for `generate` from a file in `codi-toyworld`'s formats: png image, wav (16 kHz; other rates resampled)
     or mp4/npy video."""
+    if modality not in INPUT_READERS:
+        *most, last = INPUT_READERS
+        raise ValueError(f'read_input_file reads {", ".join(most)} or {last} files, not {modality!r}')
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'no such {modality} file: {path}')
-    if modality == 'image':
-        from PIL import Image, UnidentifiedImageError
-        try: image = np.asarray(Image.open(path).convert('RGB'))
-        except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); '
-                                                                        f'expected a png') from e
-        h, w = image.shape[:2]
-        if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld images are '
-                                                      f'{IMAGE_SIZE}x{IMAGE_SIZE} (square multiples of that are '
-                                                      f'block-averaged down)')
-        return downscale_video(image[None], IMAGE_SIZE)[0]
-    if modality == 'audio':
-        wave = read_wav(path)
-        if len(wave) != CLIP_SAMPLES:
-            print(f'note: {path.name} is {len(wave) / SAMPLE_RATE:.2f} s; cut or padded with silence to '
-                  f'{CLIP_SAMPLES / SAMPLE_RATE:.0f} s', file=sys.stderr)
-            wave = np.pad(wave[:CLIP_SAMPLES], (0, max(0, CLIP_SAMPLES - len(wave))))
-        return wave
-    if modality == 'video':
-        frames = read_video_file(path)
-        if len(frames) != VIDEO_FRAMES: raise ValueError(f'{path.name} has {len(frames)} frames; ToyWorld videos have '
-                                                         f'{VIDEO_FRAMES}')
-        return frames
-    raise ValueError(f'read_input_file reads image, audio or video files, not {modality!r}')
+    return INPUT_READERS[modality](path)
 
 def write_output_file(modality: str, sample, stem) -> list[Path]:
     "Write one generated sample next to `stem`: .png, .wav, .mp4 (4x upscaled) + lossless .npy, or .txt."
-    from PIL import Image
-    stem = Path(stem)
-    if modality == 'image':
-        path = stem.with_suffix('.png'); Image.fromarray(to_uint8_image(sample)).save(path); return [path]
-    if modality == 'audio': return [write_wav(stem.with_suffix('.wav'), sample)]
-    if modality == 'video':
-        np.save(stem.with_suffix('.npy'), to_uint8_image(sample))
-        return [write_mp4(stem.with_suffix('.mp4'), sample, FPS, scale=4), stem.with_suffix('.npy')]
-    if modality == 'text':
-        path = stem.with_suffix('.txt'); path.write_text(sample + '\n'); return [path]
-    raise ValueError(f'unknown output modality {modality!r}')
+    if modality not in OUTPUT_WRITERS: raise ValueError(f'unknown output modality {modality!r}')
+    return OUTPUT_WRITERS[modality](sample, Path(stem))
 
 def parse_outputs(outputs) -> list[str]:
     "'video,audio' or ['video', 'audio'] → a checked list of distinct output modalities."

@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 # %% auto 0
-__all__ = ['LAYERS', 'TOYWORLD_USERS_FROM', 'module_names', 'import_graph', 'find_cycles', 'layer_violations']
+__all__ = ['LAYERS', 'TOYWORLD_USERS_FROM', 'module_names', 'import_graph', 'find_cycles', 'layer_violations',
+           'modality_name_comparisons']
 
 # %% ../nbs/90_contributing.ipynb
 def module_names(package_dir) -> dict[Path, str]:
@@ -104,4 +105,18 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
                                                                                           f'layer 4')
             elif not dep_toy and not toy and LAYERS.get(dep, 99) > LAYERS[module]: out.append(f'{module} -> {dep}: '
                                                                                               f'upwards')
+    return out
+
+# %% ../nbs/90_contributing.ipynb
+def modality_name_comparisons(package_dir, names=('text', 'image', 'video', 'audio')) -> list[str]:
+    """'module:line code' for every comparison (==, !=, in, not in) of a value with a literal modality name, or a tuple
+    of them, in the package's modules."""
+    out = []
+    for path, module in module_names(package_dir).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Compare): continue
+            sides = [node.left, *node.comparators]
+            literals = [e for s in sides for e in (s.elts if isinstance(s, (ast.Tuple, ast.List, ast.Set)) else [s])]
+            if any(isinstance(e, ast.Constant) and e.value in names for e in literals):
+                out.append(f'{module}:{node.lineno} {ast.unparse(node)}')
     return out

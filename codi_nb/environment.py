@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .unet import timestep_embedding, zero_module
-from .modalities import MODALITIES, MODALITY_TABLE
+from .modalities import MODALITIES, MODALITY_TABLE, modality
 
 ENVIRONMENT_DIM = 64
 
 # %% auto 0
-__all__ = ['ENVIRONMENT_DIM', 'STRIDES', 'time_embedding', 'EnvironmentEncoderConfig', 'EnvironmentEncoder',
-           'EnvironmentEncodersConfig', 'EnvironmentEncoders', 'environment_alignment_loss', 'timing_alignment_loss']
+__all__ = ['ENVIRONMENT_DIM', 'time_embedding', 'EnvironmentEncoderConfig', 'EnvironmentEncoder', 'EnvironmentEncodersConfig',
+           'EnvironmentEncoders', 'environment_alignment_loss', 'timing_alignment_loss']
 
 # %% ../nbs/15_environment_encoders.ipynb
 def time_embedding(seconds: Tensor, dim: int, min_period: float = 0.2, max_period: float = 16.0) -> Tensor:
@@ -61,9 +61,6 @@ class EnvironmentEncoderConfig:
         return 1 if axis is None else self.latent_shape[axis]
 
 # %% ../nbs/15_environment_encoders.ipynb
-# halve space (image, each video frame) or mel (audio), never time
-STRIDES = {'image': (2, 2), 'video': (2, 2), 'audio': (1, 2)}
-
 class EnvironmentEncoder(nn.Module):
     """V_m: a noisy latent at timestep t → a short sequence of tokens in the shared environment space (one per video
     frame / audio time row, one for image and text)."""
@@ -72,14 +69,18 @@ class EnvironmentEncoder(nn.Module):
         self.config = c = config
         h, groups = c.hidden, c.norm_groups
         self.time_mlp = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
-        if c.modality == 'text':
+        spec = self.spec = modality(c.modality)                     # chapter 03b's table: the latent's layout
+        if spec.latent_ndim == 1:                                    # a vector: one token
             self.stem, self.body, self.reduce = nn.Linear(c.latent_shape[0], h), nn.Sequential(
                 nn.SiLU(), nn.Linear(h, h)), nn.Identity()
-        else:
-            self.stem = nn.Conv2d(c.latent_shape[0], h, 3, stride=STRIDES[c.modality], padding=1)
+        else:                                                        # a map, or each frame of a clip
+            # halve both axes of the map (an image, a video frame) except time (an audio map's rows)
+            map_axes = (len(c.latent_shape) - 2, len(c.latent_shape) - 1)
+            strides = tuple(1 if axis == spec.token_axis else 2 for axis in map_axes)
+            self.stem = nn.Conv2d(c.latent_shape[0], h, 3, stride=strides, padding=1)
             self.body = nn.Sequential(nn.GroupNorm(groups, h), nn.SiLU(), nn.Conv2d(h, h, 3, padding=1),
                                       nn.GroupNorm(groups, h), nn.SiLU())
-            per_token = c.latent_shape[-1] // 2 * (c.latent_shape[-2] // 2 if c.modality != 'audio' else 1)
+            per_token = math.prod(c.latent_shape[axis] // 2 for axis in map_axes if axis != spec.token_axis)
             self.reduce = nn.Linear(h * per_token, h)       # learned pooling: keeps where things are (position, pitch)
         self.temporal = nn.Sequential(nn.Conv1d(h, h, 3, padding=1), nn.SiLU(),
                                       zero_module(nn.Conv1d(h, h, 3, padding=1))) if c.seconds_per_token else None
@@ -98,17 +99,16 @@ class EnvironmentEncoder(nn.Module):
         timesteps = torch.as_tensor(timesteps, device=latents.device)
         if timesteps.ndim == 0: timesteps = timesteps.expand(len(latents))
         self.check_inputs(latents, timesteps)
-        b, m, emb = len(latents), self.config.modality, self.time_mlp(timestep_embedding(timesteps, self.config.hidden))
-        # frames as a batch of images: (B, C, T, H, W) → (B·T, C, H, W)
-        if m == 'video':
+        b, spec, emb = len(latents), self.spec, self.time_mlp(timestep_embedding(timesteps, self.config.hidden))
+        if spec.folds_frames:                           # frames as a batch of maps: (B, C, F, H, W) → (B·F, C, H, W)
             frames = latents.shape[2]
             latents, emb = latents.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, 0)
         x = self.stem(latents)
         x = self.body(x + emb.reshape(*emb.shape, *(1,) * (x.ndim - 2)))
-        if m == 'text': tokens = x[:, None]
-        elif m == 'image': tokens = self.reduce(x.flatten(1))[:, None]
-        elif m == 'video': tokens = self.reduce(x.flatten(1)).reshape(b, frames, -1)
-        else: tokens = self.reduce(x.transpose(1, 2).flatten(2))     # audio (B, h, T, M) → (B, T, h·M)
+        if spec.latent_ndim == 1: tokens = x[:, None]
+        elif spec.folds_frames: tokens = self.reduce(x.flatten(1)).reshape(b, frames, -1)     # one token per frame
+        elif spec.token_axis is None: tokens = self.reduce(x.flatten(1))[:, None]            # one token per map
+        else: tokens = self.reduce(x.movedim(spec.token_axis + 1, 1).flatten(2))   # one per time row: (B, T, h·M)
         if self.temporal is not None: tokens = tokens + self.temporal(tokens.transpose(1, 2)).transpose(1, 2)
         return self.head(tokens)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['same_class', 'class_recall_at_1', 'bridging_embeddings', 'bridging_recalls', 'READERS', 'read_factors', 'strict_coherence', 'generation_coherence', 'environment_vectors', 'without_direction', 'environment_recalls', 'timing_peaks', 'joint_coherence']
+__all__ = ['same_class', 'class_recall_at_1', 'bridging_embeddings', 'bridging_recalls', 'read_factors', 'judged_factors', 'strict_coherence', 'generation_coherence', 'environment_vectors', 'without_direction', 'environment_recalls', 'timing_peaks', 'joint_coherence']
 
 # %% ../nbs/09_bridging_alignment.ipynb 4
 def same_class(a, b) -> bool:
@@ -50,13 +50,18 @@ def bridging_recalls(encoders: PromptEncoders, n: int = 256, seed: int = 0,
             'video→audio': r(tv, 'video', ta, 'audio'), 'audio→video': r(ta, 'audio', tv, 'video')}
 
 # %% ../nbs/10_image_ldm.ipynb 21
-from .toyworld import read_image, read_video, read_audio, read_text
+from .modalities import modality
+from .toyworld import read_any
 
-READERS = {'image': read_image, 'video': read_video, 'audio': read_audio, 'text': read_text}
+def read_factors(name: str, outputs) -> list[dict]:
+    "The ToyWorld oracle's reading (chapter 04c's `read_any`) of every generated output of modality `name`."
+    return [read_any(name, x) for x in outputs]
 
-def read_factors(modality: str, outputs) -> list[dict]:
-    "The ToyWorld oracle's reading of every generated output."
-    return [READERS[modality](x) for x in outputs]
+def judged_factors(name: str, truth) -> dict:
+    """The true factors (Factors or a dict) a generated sample of modality `name` is judged on: all the truth carries,
+    but the direction of motion only where the sample has frames to show it in (a video)."""
+    t = truth.as_dict() if hasattr(truth, 'as_dict') else dict(truth)
+    return {k: v for k, v in t.items() if v is not None and (k != 'direction' or modality(name).folds_frames)}
 
 # %% ../nbs/10_image_ldm.ipynb 33
 import time
@@ -80,8 +85,7 @@ def generation_coherence(model: LatentDiffusion, codecs: ModalityCodecs, conditi
         outputs += list(codecs.decode(model.config.modality, latents))
     seconds = (time.time() - start) / len(conditions)
     readings = read_factors(model.config.modality, outputs)
-    truths = [t.as_dict() if hasattr(t, 'as_dict') else dict(t) for t in truths]
-    if model.config.modality != 'video': truths = [{k: v for k, v in t.items() if k != 'direction'} for t in truths]
+    truths = [judged_factors(model.config.modality, t) for t in truths]
     out = {k: float(np.mean([r.get(k) == t[k] for t, r in zip(truths, readings) if k in t]))
            for k in ('shape', 'color', 'size', 'direction')
            if any(k in t for t in truths)}
@@ -176,10 +180,7 @@ def joint_coherence(generator: JointGenerator, captions: Sequence[str], truths, 
         for m in outputs: samples[m] += list(generator.codecs.decode(m, latents[m]))
     seconds = (time.time() - start) / len(conds)
     readings = {m: read_factors(m, samples[m]) for m in outputs}
-    truths = [t.as_dict() if hasattr(t, 'as_dict') else dict(t) for t in truths]
-    right = {m: [strict_coherence({k: v for k, v in t.items() if v is not None and (k != 'direction' or m == 'video')},
-                                  r)
-                 for t, r in zip(truths, readings[m])] for m in outputs}
+    right = {m: [strict_coherence(judged_factors(m, t), r) for t, r in zip(truths, readings[m])] for m in outputs}
     out = {m: float(np.mean(right[m])) for m in outputs}
     out['all'] = float(np.mean([all(right[m][i] for m in outputs) for i in range(len(truths))]))
     if {'video', 'audio'} <= set(outputs):

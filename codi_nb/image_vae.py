@@ -208,6 +208,10 @@ class KLAutoencoder(nn.Module):
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator) if sample else posterior.mode()), posterior
 
+    # the codec interface of chapter 10's `ModalityCodecs`: uint8 media ↔ scaled diffusion latents (defined below)
+    def encode_media(self, media) -> Tensor: return encode_to_latent(self, media)
+    def decode_media(self, latents: Tensor) -> np.ndarray: return decode_from_latent(self, latents)
+
 # %% ../nbs/05_image_vae.ipynb
 def images_to_tensor(images) -> Tensor:
     "uint8 images (B, H, W, 3) (numpy or tensor) -> float (B, 3, H, W) in [-1, 1]."

@@ -227,7 +227,8 @@ class JointDiffusion(nn.Module):
         times = self.encoders[modality].token_times()
         if times is None: return None
         times = torch.as_tensor(times, dtype=torch.float32)
-        if modality == 'video': return times[:frames].repeat(len(h) // frames)[:, None].expand(-1, h.shape[2])
+        if self.encoders[modality].spec.folds_frames:             # one time per frame of the folded batch
+            return times[:frames].repeat(len(h) // frames)[:, None].expand(-1, h.shape[2])
         rows = h.shape[2]
         if len(times) % rows: raise ValueError(f'{len(times)} audio token times do not pool to {rows} feature rows')
         return times.reshape(rows, -1).mean(1)[None].expand(len(h), -1)

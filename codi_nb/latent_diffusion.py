@@ -16,9 +16,8 @@ from .samplers import (make_sampler, sample_loop, guided_prediction, DEFAULT_SAM
                               DEFAULT_GUIDANCE)
 from .unet import UNetConfig, UNetModel
 
-from .modalities import MODALITIES
+from .modalities import MODALITIES, modality
 from .checkpoint import load_shipped
-from .image_vae import encode_to_latent, decode_from_latent
 from .audio_codec import AudioCodec
 
 # %% auto 0
@@ -165,25 +164,18 @@ class ModalityCodecs:
         return cls(load_shipped('image_vae'), AudioCodec.shipped(), load_shipped('text_vae'),
                    load_shipped('video_vae_tuned'))
 
-    def autoencoder_for(self, modality: str) -> nn.Module:
-        "The image autoencoder for 'image', the video one for 'video'."
-        return self.video_vae if modality == 'video' else self.image_vae
+    def codec(self, name: str):
+        """The codec of modality `name`, named by the modality table (chapter 03b); every codec turns a batch of media
+        into diffusion latents with `encode_media` and back with `decode_media`."""
+        return getattr(self, modality(name).codec)
 
-    def encode(self, modality: str, media, batch_size: int = 512) -> Tensor:
+    def encode(self, name: str, media, batch_size: int = 512) -> Tensor:
         "uint8 images (B,H,W,3) / videos (B,T,H,W,3), float waves (B,samples), or captions → latents."
-        if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
-        if modality == 'text':
-            media = [media] if isinstance(media, str) else list(media)
-            with torch.no_grad(): return torch.cat([self.text_vae.encode_text(media[i:i + batch_size])
-                                                    for i in range(0, len(media), batch_size)])
-        coder = self.audio_codec.encode if modality == 'audio' else (
-            lambda x: encode_to_latent(self.autoencoder_for(modality), x))
-        with torch.no_grad(): return torch.cat([coder(media[i:i + batch_size])
+        codec = self.codec(name)
+        if modality(name).item_ndim is None: media = [media] if isinstance(media, str) else list(media)   # captions
+        with torch.no_grad(): return torch.cat([codec.encode_media(media[i:i + batch_size])
                                                 for i in range(0, len(media), batch_size)])
 
-    def decode(self, modality: str, latents: Tensor):
+    def decode(self, name: str, latents: Tensor):
         "Latents → uint8 images / videos, float waves (numpy), or a list of captions."
-        if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
-        if modality == 'text': return self.text_vae.decode_text(latents)
-        if modality == 'audio': return self.audio_codec.decode(latents)
-        return decode_from_latent(self.autoencoder_for(modality), latents)
+        return self.codec(name).decode_media(latents)

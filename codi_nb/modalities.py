@@ -17,10 +17,17 @@ class Modality:
     name: str
     item_ndim: int | None           # array dimensions of one raw item; None: a string
     item_form: str                  # how one item is given, for messages
+    item_dtype: str | None          # numpy dtype of one raw item's array; None: a string
     latent_ndim: int                # axes of one latent, channels first: a vector (1), a map (3), a clip of maps (4)
     # latent axis (after channels) that becomes the environment-token sequence; None: one token
     token_axis: int | None
     suffixes: tuple[str, ...]       # file types that hold it, the first one written
+    codec: str                      # its codec's name in `ModalityCodecs` (chapter 10)
+
+    @property
+    def folds_frames(self) -> bool:
+        "A clip of maps (C, F, H, W): networks fold its frames into the batch and see F maps."
+        return self.latent_ndim == 4
 
     def is_single(self, value) -> bool:
         "True for one raw item, False for a batch (a list, or an array with one more dimension)."
@@ -28,10 +35,14 @@ class Modality:
         return not isinstance(value, (list, tuple)) and np.ndim(value) == self.item_ndim
 
 MODALITY_TABLE: dict[str, Modality] = {m.name: m for m in (
-    Modality('text', None, item_form='a caption string', latent_ndim=1, token_axis=None, suffixes=('.txt',)),
-    Modality('image', 3, item_form='(H, W, 3) uint8', latent_ndim=3, token_axis=None, suffixes=('.png',)),
-    Modality('video', 4, item_form='(F, H, W, 3) uint8', latent_ndim=4, token_axis=1, suffixes=('.mp4', '.npy')),
-    Modality('audio', 1, item_form='(samples,) float at 16 kHz', latent_ndim=3, token_axis=1, suffixes=('.wav',)))}
+    Modality('text', None, item_form='a caption string', item_dtype=None, latent_ndim=1, token_axis=None,
+             suffixes=('.txt',), codec='text_vae'),
+    Modality('image', 3, item_form='(H, W, 3) uint8', item_dtype='uint8', latent_ndim=3, token_axis=None,
+             suffixes=('.png',), codec='image_vae'),
+    Modality('video', 4, item_form='(F, H, W, 3) uint8', item_dtype='uint8', latent_ndim=4, token_axis=1,
+             suffixes=('.mp4', '.npy'), codec='video_vae'),
+    Modality('audio', 1, item_form='(samples,) float at 16 kHz', item_dtype='float32', latent_ndim=3, token_axis=1,
+             suffixes=('.wav',), codec='audio_codec'))}
 MODALITIES: tuple[str, ...] = tuple(MODALITY_TABLE)      # in this order everywhere (joint sampling draws noise in it)
 
 def modality(name: str) -> Modality:

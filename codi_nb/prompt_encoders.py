@@ -150,7 +150,7 @@ class PromptEncodersConfig(PromptEncoderConfig):
         if not self.words: raise ValueError('give the caption words of the tokenizer: words=toyworld_caption_words() '
                                             '(codi_nb.toyworld_recipes) for ToyWorld')
 
-from .modalities import MODALITIES, MODALITY_TABLE
+from .modalities import MODALITIES, modality
 
 class PromptEncoders(nn.Module):
     """Text, image, video and audio encoders into one `embed_dim` space: CLIP's two towers, a video tower, an audio
@@ -163,13 +163,21 @@ class PromptEncoders(nn.Module):
         self.video = VideoEncoder(self.clip.visual, c)
         self.audio = AudioEncoder(c)
 
-    def embed(self, modality: str, x) -> torch.Tensor:
+    def tower(self, name: str):
+        "The encoder of modality `name`: CLIP's text or image tower, the video tower or the audio tower."
+        modality(name)                                       # an unknown name gets the table's error
+        return {'text': self.clip.encode_text, 'image': lambda x: self.clip.encode_image(images_for_clip(x)),
+                'video': self.video, 'audio': self.audio}[name]
+
+    def item_shape(self, name: str) -> tuple:
+        "The shape of one raw item of a medium these encoders take (None: any length)."
+        c = self.config
+        return {'image': (c.image_size, c.image_size, 3), 'video': (c.frames, c.image_size, c.image_size, 3),
+                'audio': (None,)}[name]
+
+    def embed(self, name: str, x) -> torch.Tensor:
         "Unnormalised embeddings (B, embed_dim) of one modality's batch: token ids, uint8 images/videos, float waves."
-        if modality == 'text': return self.clip.encode_text(x)
-        if modality == 'image': return self.clip.encode_image(images_for_clip(x))
-        if modality == 'video': return self.video(x)
-        if modality == 'audio': return self.audio(x)
-        raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
+        return self.tower(name)(x)
 
     @torch.no_grad()
     def encode(self, inputs: dict, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -184,25 +192,23 @@ class PromptEncoders(nn.Module):
                                                    for i in range(0, len(x), batch_size)]), dim=-1)
         return out
 
-    def _as_batch(self, modality: str, x):
-        if modality not in MODALITIES: raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
-        if x is None: raise ValueError(f'no input given for {modality!r}')
-        if modality == 'text':
+    def _as_batch(self, name: str, x):
+        spec = modality(name)
+        if x is None: raise ValueError(f'no input given for {name!r}')
+        if spec.item_ndim is None:                                               # captions → token ids
             if isinstance(x, str): x = [x]
-            if len(x) == 0: raise ValueError('no captions given for "text"')
+            if len(x) == 0: raise ValueError(f'no captions given for {name!r}')
             return self.tokenizer(x)
-        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-        c = self.config
-        expected = {'image': (c.image_size, c.image_size, 3),
-                    'video': (c.frames, c.image_size, c.image_size, 3)}.get(modality)
-        if x.ndim == MODALITY_TABLE[modality].item_ndim: x = x[None]
-        shape_ok = x.ndim == 2 if modality == 'audio' else tuple(x.shape[1:]) == expected
-        if not shape_ok or len(x) == 0 or x.numel() == 0:
-            want = {'image': f'{expected} or (B, *{expected}) uint8', 'video': f'{expected} or (B, *{expected}) uint8',
-                    'audio': '(samples,) or (B, samples) float at 16 kHz'}[modality]
-            raise ValueError(f'{modality} input must be {want}, got shape {tuple(x.shape)}')
-        if modality == 'audio':
-            if not x.is_floating_point(): raise TypeError(f'audio must be float in [-1, 1] at 16 kHz, got {x.dtype}')
-            return x.float()
-        if x.dtype != torch.uint8: raise TypeError(f'{modality} must be uint8 RGB (0-255), got {x.dtype}')
-        return x
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x))    # a copy: file arrays are read-only
+        if x.ndim == spec.item_ndim: x = x[None]
+        item = self.item_shape(name)
+        fits = x.ndim == len(item) + 1 and all(want in (None, got) for want, got in zip(item, x.shape[1:]))
+        if not fits or len(x) == 0 or x.numel() == 0:
+            shape = '(samples,)' if item == (None,) else str(item)
+            raise ValueError(f'{name} input must be {shape} or a batch (B, ...) of them ({spec.item_form}), got shape '
+                             f'{tuple(x.shape)}')
+        if spec.item_dtype == 'uint8':
+            if x.dtype != torch.uint8: raise TypeError(f'{name} must be uint8 RGB (0-255), got {x.dtype}')
+            return x
+        if not x.is_floating_point(): raise TypeError(f'{name} must be float ({spec.item_form}), got {x.dtype}')
+        return x.float()

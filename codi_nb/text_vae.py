@@ -299,6 +299,9 @@ def decode_text(self: TextVAE, latents: torch.Tensor, max_tokens: int = 30, gree
     z = self._as_latents(latents, 'latents') / self.config.scale_factor
     return self.decode(z, max_tokens, greedy, temperature, generator)
 
+# the codec interface of chapter 10's `ModalityCodecs`: captions ↔ diffusion latents
+TextVAE.encode_media, TextVAE.decode_media = TextVAE.encode_text, TextVAE.decode_text
+
 # %% ../nbs/07_text_vae.ipynb
 @torch.no_grad()
 def latent_scale_factor(model: TextVAE, captions: Sequence[str], batch_size: int = 1024) -> float:

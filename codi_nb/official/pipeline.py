@@ -15,13 +15,14 @@ from ..schedule import NoiseSchedule
 from ..samplers import (make_sampler, sample_loop, guided_prediction, DEFAULT_SAMPLER, DEFAULT_STEPS,
                               RELEASE_GUIDANCE)
 from .release import find_official_source
-from .unets import OFFICIAL_DIFFUSERS, official_unet
+from ..modalities import MODALITY_TABLE
+from .unets import OFFICIAL_DIFFUSERS, OFFICIAL_OUTPUT_UNET, official_unet
 from .loading import OfficialEncoders, official_encoders, load_official, find_official_checkpoint
 
 # %% auto 0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_OUTPUT_UNET', 'RELEASE_GPT2_FOLDER', 'GPT2_FILES', 'OPTIMUS_SPECIAL_TOKENS',
-           'OfficialCoDiConfig', 'unconditional_pixels', 'CoDiGeneration', 'clip_tokenizer', 'clip_token_ids',
-           'gpt2_tokenizer', 'optimus_words', 'OfficialCoDi', 'component_memory']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'RELEASE_GPT2_FOLDER', 'GPT2_FILES', 'OPTIMUS_SPECIAL_TOKENS', 'OfficialCoDiConfig',
+           'unconditional_pixels', 'CoDiGeneration', 'clip_tokenizer', 'clip_token_ids', 'gpt2_tokenizer',
+           'optimus_words', 'OfficialCoDi', 'component_memory']
 
 # %% ../../nbs/18e_official_codi.ipynb
 # CLIPImageProcessor's defaults
@@ -44,9 +45,6 @@ class OfficialCoDiConfig:
     # Optimus decoding: sample at this temperature (the release), None = greedy
     text_temperature: float | None = 1.0
     max_text_tokens: int = 30
-
-# output kind -> the UNet that makes it
-OFFICIAL_OUTPUT_UNET = {'image': 'image', 'video': 'image', 'audio': 'audio', 'text': 'text'}
 
 def unconditional_pixels(like: Tensor) -> Tensor:
     """The release's unconditional image/video: all-zero in [-1, 1] (mid grey), after CLIP's normalisation; shape and
@@ -221,39 +219,47 @@ class OfficialCoDi(nn.Module):
     def encode_prompt(self, kind: str, x: Tensor | str | list[str]) -> tuple[Tensor, Tensor]:
         """(conditional, unconditional) prompt vectors (B, 1, 768) of one input: 'text' captions or CLIP ids (B, L),
         'image' (B, 3, H, W) or 'video' (B, F, 3, H, W) CLIP-normalised pixels, 'audio' 16 kHz waves (B, samples)."""
-        dev = self.execution_device
-        if kind == 'text':
-            if isinstance(x, (str, list, tuple)): x = self.clip_ids(x)
-            if not isinstance(x, Tensor) or x.ndim != 2 or x.is_floating_point():
-                raise ValueError(f'text input: a caption, a list of captions or CLIP token ids (B, L), got '
-                                 f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
-            vocab = self.encoders.clip.config.text_config.vocab_size
-            outside = x[(x < 0) | (x >= vocab)]
-            if len(outside): raise ValueError(f"text input: token id {int(outside[0])} is outside this CLIP's "
-                                              f"vocabulary of {vocab} tokens")
-            with self.running('clip') as clip:
-                empty = torch.tensor(self.config.empty_text_ids, device=dev).expand(len(x), -1)
-                return clip.encode_text(x.to(dev)), clip.encode_text(empty)
-        if kind in ('image', 'video'):
-            if x.ndim != (4 if kind == 'image' else 5) or x.shape[-3] != 3:
-                raise ValueError(f'{kind} input: CLIP-normalised pixels '
-                                 f'{"(B, 3, H, W)" if kind == "image" else "(B, F, 3, H, W)"}, got {tuple(x.shape)}')
-            with self.running('clip') as clip:
-                pixels = x.to(dev, _dtype_of(clip))
-                return clip.encode_vision(pixels), clip.encode_vision(unconditional_pixels(pixels))
-        if kind == 'audio':
-            if x.ndim != 2: raise ValueError(f'audio input: 16 kHz waveforms (B, samples), got {tuple(x.shape)}')
-            with self.running('clap') as clap:
-                wave = x.to(dev).float()
-                return clap.encode_audio(wave), clap.encode_audio(torch.zeros_like(wave))
-        raise ValueError(f'unknown input kind {kind!r}; choose text, image, video or audio')
+        if kind not in MODALITY_TABLE:
+            raise ValueError(f'unknown input kind {kind!r}; choose text, image, video or audio')
+        # the release's prompt towers: CLIP's text and vision towers, CLAP's audio tower
+        return {'text': self._caption_prompt, 'image': self._pixel_prompt, 'video': self._pixel_prompt,
+                'audio': self._sound_prompt}[kind](kind, x)
+
+    def _caption_prompt(self, kind: str, x) -> tuple[Tensor, Tensor]:
+        if isinstance(x, (str, list, tuple)): x = self.clip_ids(x)
+        if not isinstance(x, Tensor) or x.ndim != 2 or x.is_floating_point():
+            raise ValueError(f'{kind} input: a caption, a list of captions or CLIP token ids (B, L), got '
+                             f'{getattr(x, "dtype", type(x).__name__)} {tuple(getattr(x, "shape", ()))}')
+        vocab = self.encoders.clip.config.text_config.vocab_size
+        outside = x[(x < 0) | (x >= vocab)]
+        if len(outside): raise ValueError(f"{kind} input: token id {int(outside[0])} is outside this CLIP's "
+                                          f"vocabulary of {vocab} tokens")
+        with self.running('clip') as clip:
+            empty = torch.tensor(self.config.empty_text_ids, device=self.execution_device).expand(len(x), -1)
+            return clip.encode_text(x.to(self.execution_device)), clip.encode_text(empty)
+
+    def _pixel_prompt(self, kind: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        spec = MODALITY_TABLE[kind]
+        if x.ndim != spec.item_ndim + 1 or x.shape[-3] != 3:
+            layout = '(B, F, 3, H, W)' if spec.folds_frames else '(B, 3, H, W)'
+            raise ValueError(f'{kind} input: CLIP-normalised pixels {layout}, got {tuple(x.shape)}')
+        with self.running('clip') as clip:
+            pixels = x.to(self.execution_device, _dtype_of(clip))
+            return clip.encode_vision(pixels), clip.encode_vision(unconditional_pixels(pixels))
+
+    def _sound_prompt(self, kind: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.ndim != 2: raise ValueError(f'{kind} input: 16 kHz waveforms (B, samples), got {tuple(x.shape)}')
+        with self.running('clap') as clap:
+            wave = x.to(self.execution_device).float()
+            return clap.encode_audio(wave), clap.encode_audio(torch.zeros_like(wave))
 
     def prompt_vectors(self, inputs: dict, weights: dict | None = None) -> tuple[Tensor, Tensor]:
         """Weighted averages (weights default 1, normalised to sum 1) of the inputs' conditional and unconditional
         vectors, float32 (B, 1, 768)."""
         if not inputs: raise ValueError('generate needs at least one input')
-        inputs = {k: self.clip_ids(x) if k == 'text' and isinstance(x, (str, list, tuple)) else x
-                  for k, x in inputs.items()}
+        captions = [k for k, x in inputs.items() if isinstance(x, (str, list, tuple)) and k in MODALITY_TABLE
+                    and MODALITY_TABLE[k].item_ndim is None]
+        inputs = {k: self.clip_ids(x) if k in captions else x for k, x in inputs.items()}
         w = [float((weights or {}).get(k, 1.0)) for k in inputs]
         if any(v < 0 for v in w) or sum(w) <= 0:
             raise ValueError(f'weights must be non-negative with a positive sum, got {w}')
@@ -296,24 +302,30 @@ class OfficialCoDi(nn.Module):
     def decode(self, kind: str, latents: Tensor, seed: int = 0):
         """Decode diffusion latents: image (B, 3, H, W) / video (B, 3, F, H, W) in [0, 1], audio 16 kHz waves (B,
         samples), text captions (GPT-2 ids without a vocabulary)."""
-        c, dev = self.config, self.execution_device
-        if kind in ('image', 'video'):
-            with self.running('autokl') as vae: x = vae.decode((latents / c.scale_factors[kind]).to(dev,
-                                                                                                    _dtype_of(vae)))
-            return ((x.float() + 1) / 2).clamp(0, 1)
-        if kind == 'audio':
-            # the release's guard against diverged samples
-            if latents.abs().max() > 1e2: latents = latents.clamp(-10, 10)
-            with self.running('audioldm') as ldm:
-                return ldm.mel_to_wave(ldm.decode((latents / c.scale_factors[kind]).to(dev, _dtype_of(ldm)))).float()
-        if kind == 'text':
-            with self.running('optimus') as optimus:
-                g = torch.Generator(device=dev).manual_seed(seed)
-                ids = optimus.generate((latents / c.scale_factors[kind]).to(dev, _dtype_of(optimus)), c.max_text_tokens,
-                                       greedy=c.text_temperature is None, temperature=c.text_temperature or 1.0,
-                                       generator=g)
-            return ids if self.gpt2_tokenizer is None else self.text_from_ids(ids)
-        raise ValueError(f'unknown output kind {kind!r}')
+        if kind not in MODALITY_TABLE: raise ValueError(f'unknown output kind {kind!r}')
+        # the release's decoders: the image autoencoder (also frame by frame), AudioLDM's VAE + vocoder, Optimus
+        decoder = {'image': self._decode_pixels, 'video': self._decode_pixels, 'audio': self._decode_sound,
+                   'text': self._decode_caption}[kind]
+        return decoder(kind, latents, seed)
+
+    def _decode_pixels(self, kind: str, latents: Tensor, seed: int) -> Tensor:
+        z = latents / self.config.scale_factors[kind]
+        with self.running('autokl') as vae: x = vae.decode(z.to(self.execution_device, _dtype_of(vae)))
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def _decode_sound(self, kind: str, latents: Tensor, seed: int) -> Tensor:
+        if latents.abs().max() > 1e2: latents = latents.clamp(-10, 10)   # the release's guard against diverged samples
+        z = latents / self.config.scale_factors[kind]
+        with self.running('audioldm') as ldm: return ldm.mel_to_wave(ldm.decode(z.to(self.execution_device,
+                                                                                      _dtype_of(ldm)))).float()
+
+    def _decode_caption(self, kind: str, latents: Tensor, seed: int) -> list[str] | list[list[int]]:
+        c, dev, z = self.config, self.execution_device, latents / self.config.scale_factors[kind]
+        with self.running('optimus') as optimus:
+            g = torch.Generator(device=dev).manual_seed(seed)
+            ids = optimus.generate(z.to(dev, _dtype_of(optimus)), c.max_text_tokens, greedy=c.text_temperature is None,
+                                   temperature=c.text_temperature or 1.0, generator=g)
+        return ids if self.gpt2_tokenizer is None else self.text_from_ids(ids)
 
     def generate(self, inputs: dict, outputs: list[str], weights: dict | None = None, steps: int | None = None,
                  guidance: float | None = None, sampler: str = DEFAULT_SAMPLER, seed: int = 0) -> CoDiGeneration:

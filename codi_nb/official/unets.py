@@ -14,11 +14,11 @@ from ..video_unet import FrameShiftBlock, RelativePositionBias, VideoResBlock, V
 from ..text_unet import FullyConnectedResBlock, TextUNetModel
 
 # %% auto 0
-__all__ = ['OFFICIAL_DIFFUSERS', 'Dim1ScaleNorm', 'LogDistancePositionBias', 'OfficialTemporalAttention', 'ChannelGEGLU',
-           'TokenShiftFeedForward', 'shift_frames', 'GroupedFrameShift', 'OfficialTemporalModule', 'MultiDimLinear',
-           'MultiDimFCBlock', 'OfficialUNetConfig', 'OfficialVideoUNetConfig', 'OfficialTextUNetConfig', 'block_levels',
-           'ConnectorsMixin', 'OfficialAudioUNet', 'OfficialVideoUNet', 'OfficialTextUNet', 'OfficialDiffuser',
-           'official_unet_config', 'official_unet', 'small_unet_config']
+__all__ = ['OFFICIAL_DIFFUSERS', 'OFFICIAL_OUTPUT_UNET', 'Dim1ScaleNorm', 'LogDistancePositionBias', 'OfficialTemporalAttention',
+           'ChannelGEGLU', 'TokenShiftFeedForward', 'shift_frames', 'GroupedFrameShift', 'OfficialTemporalModule',
+           'MultiDimLinear', 'MultiDimFCBlock', 'OfficialUNetConfig', 'OfficialVideoUNetConfig',
+           'OfficialTextUNetConfig', 'block_levels', 'ConnectorsMixin', 'OfficialAudioUNet', 'OfficialVideoUNet',
+           'OfficialTextUNet', 'OfficialDiffuser', 'official_unet_config', 'official_unet', 'small_unet_config']
 
 # %% ../../nbs/18b_official_unets.ipynb
 class Dim1ScaleNorm(nn.Module):
@@ -296,11 +296,13 @@ OFFICIAL_DIFFUSERS = {
     'audio': OfficialDiffuser('CoDi_audio_diffuser_m.pth', 'model.diffusion_model.unet_audio.', OfficialAudioUNet),
     'text': OfficialDiffuser('CoDi_text_diffuser.pth', 'model.diffusion_model.unet_text.', OfficialTextUNet)}
 
+# the UNet that generates each modality: videos come from the image UNet with its temporal layers
+OFFICIAL_OUTPUT_UNET = {'image': 'image', 'video': 'image', 'audio': 'audio', 'text': 'text'}
+
 def _official_name(name: str) -> str:
-    name = 'image' if name == 'video' else name
-    if name not in OFFICIAL_DIFFUSERS: raise ValueError(f'unknown official UNet {name!r}; choose image, video, audio '
-                                                        f'or text')
-    return name
+    if name not in OFFICIAL_OUTPUT_UNET: raise ValueError(f'unknown official UNet {name!r}; choose image, video, audio '
+                                                          f'or text')
+    return OFFICIAL_OUTPUT_UNET[name]
 
 def official_unet_config(name: str, **changes) -> OfficialUNetConfig:
     "The released config of the 'image' (= 'video'), 'audio' or 'text' UNet, with `changes` applied."
