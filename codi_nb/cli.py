@@ -18,7 +18,7 @@ from .joint_sampling import JointGenerator
 # %% auto 0
 __all__ = ['LOCK_NAME', 'STAGING_PREFIX', 'CLIError', 'check_out_dir', 'folder_lock', 'Terminated', 'interrupt_status',
            'sigterm_interrupts', 'staging_folder', 'move_into_place', 'earlier_outputs', 'report_error',
-           'toyworld_parser', 'toyworld_bytes', 'toyworld_cli', 'parse_weights', 'generate_parser',
+           'toyworld_parser', 'earlier_toyworld', 'toyworld_bytes', 'toyworld_cli', 'parse_weights', 'generate_parser',
            'check_generate_args', 'output_stems', 'write_samples', 'generate_cli']
 
 # %% ../nbs/17a_command_line.ipynb
@@ -84,7 +84,8 @@ def move_into_place(staging: Path, out: Path, names: Sequence[str]) -> None:
     its target untouched). If a move fails or is interrupted, the files already moved are removed again."""
     moved = []
     try:
-        for name in names:
+        for name in names:                                      # a name may be in a subfolder: `text-image/x.png`
+            (out / name).parent.mkdir(exist_ok=True)
             os.replace(staging / name, out / name); moved.append(out / name)
     except BaseException:
         for path in moved: path.unlink(missing_ok=True)
@@ -129,7 +130,37 @@ def toyworld_parser() -> argparse.ArgumentParser:
     parser.add_argument('--split', choices=SPLITS, default='train', help='which split to draw from (default train)')
     parser.add_argument('--kinds', nargs='+', choices=PAIR_KINDS, default=list(PAIR_KINDS),
                         help='pair kinds (default: all four)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace a ToyWorld set already in --out (the files its manifest.json lists)')
     return parser
+
+def earlier_toyworld(out: Path, n: int, kinds: Sequence[str], overwrite: bool) -> list[Path]:
+    """The files of an earlier ToyWorld set in `out` to remove: its manifest.json, the sample JSONs it lists and the
+    files they name (only inside `out/<kind>/`). Without `overwrite`, a manifest or a sample this run writes is
+    refused."""
+    manifest = out / 'manifest.json'
+    for kind in kinds:
+        if (out / kind).is_symlink() or ((out / kind).exists() and not (out / kind).is_dir()):
+            raise CLIError(f'{out / kind} is not a plain folder; move it away or choose another --out')
+    def index(kind: str, path: Path) -> int:                    # 3 for text-image/text-image_0003.png, else -1
+        stem = path.name.partition('.')[0]; number = stem.removeprefix(f'{kind}_')
+        return int(number) if number != stem and number.isdigit() else -1
+    clash = [p for kind in kinds if (out / kind).is_dir() for p in (out / kind).iterdir() if 0 <= index(kind, p) < n]
+    if manifest.exists(): clash.insert(0, manifest)
+    if not clash: return []
+    if not overwrite:
+        raise CLIError(f'{out} already holds a ToyWorld set ({clash[0].relative_to(out)}, ...); choose another '
+                       f'--out, or add --overwrite to replace it')
+    try: samples = json.loads(manifest.read_text())['samples']
+    except (OSError, ValueError, KeyError, TypeError): samples = []     # no manifest: the files in the way are replaced
+    stale = []
+    for entry in samples if isinstance(samples, list) else []:
+        kind, _, name = str(entry).partition('/')
+        if kind not in PAIR_KINDS or not name or '/' in name or name.startswith('.'): continue   # only out/<kind>/x
+        try: files = [Path(str(f)).name for f in json.loads((out / kind / name).read_text())['files'].values()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError): files = []
+        stale += [out / kind / f for f in [name, *files] if f and not f.startswith('.')]
+    return [p for p in stale if p.is_file() or p.is_symlink()] + ([manifest] if manifest.exists() else [])
 
 def toyworld_bytes(folder: Path, n: int, seed: int = 0, split: str = 'train', kinds=PAIR_KINDS) -> int:
     "About the bytes `write_toyworld` writes: the first sample of each kind, in 4 KiB blocks, times `n`, plus 25 %."
@@ -144,6 +175,7 @@ def toyworld_cli(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
     if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
+    if len(set(args.kinds)) != len(args.kinds): parser.error(f'--kinds names a pair kind twice: {args.kinds}')
     try: out = check_out_dir(args.out)
     except ValueError as e: parser.error(str(e))
     try:
@@ -152,9 +184,14 @@ def toyworld_cli(argv=None) -> int:
             if need > free: raise CLIError(f'{args.n} samples per pair kind need about {need / 1e6:,.1f} MB, but the '
                                            f'file system of {out} has {free / 1e6:,.1f} MB free; lower --n or choose '
                                            f'another --out')
-            records = write_toyworld(out, args.n, seed=args.seed, split=args.split, kinds=args.kinds)
+            stale = earlier_toyworld(out, args.n, args.kinds, args.overwrite)
+            with staging_folder(out) as staging:
+                records = write_toyworld(staging, args.n, seed=args.seed, split=args.split, kinds=args.kinds)
+                files = sorted(str(p.relative_to(staging)) for p in staging.rglob('*') if p.is_file())
+                for path in stale: path.unlink(missing_ok=True)
+                move_into_place(staging, out, [f for f in files if f != 'manifest.json'] + ['manifest.json'])
     except KeyboardInterrupt as e:
-        return report_error('codi-toyworld', f'interrupted; the samples written so far remain in {out}',
+        return report_error('codi-toyworld', f'interrupted; no file of this run was left in {out}',
                             status=interrupt_status(e))
     except Exception as e: return report_error('codi-toyworld', e)
     print(f'wrote {len(records)} samples ({args.n} per pair kind, seed {args.seed}, {args.split} split) to {out}')
