@@ -4,17 +4,120 @@
 
 # %% ../nbs/17a_command_line.ipynb 2
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, contextlib, json, math, os, shutil, signal, sys, tempfile, threading, time
 from pathlib import Path
+from typing import Iterable, Sequence
+import numpy as np
 from .modalities import MODALITIES
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
-from .toyworld import FPS, PAIR_KINDS, SPLITS, write_mp4, write_toyworld
+from .toyworld import FPS, PAIR_KINDS, SPLITS, ToyWorldDataset, write_mp4, write_sample_files, write_toyworld
 from .composable import ComposableGenerator, input_weights, parse_outputs, prompt_items
 from .composable import read_input_file, write_output_file  # chapter 14's file reader and writer
 from .joint_sampling import JointGenerator
 
 # %% auto 0
-__all__ = ['toyworld_parser', 'toyworld_cli', 'parse_weights', 'generate_parser', 'generate_cli']
+__all__ = ['LOCK_NAME', 'STAGING_PREFIX', 'CLIError', 'check_out_dir', 'folder_lock', 'Terminated', 'interrupt_status',
+           'sigterm_interrupts', 'staging_folder', 'move_into_place', 'earlier_outputs', 'report_error',
+           'toyworld_parser', 'earlier_toyworld', 'toyworld_bytes', 'toyworld_cli', 'parse_weights', 'generate_parser',
+           'check_generate_args', 'output_stems', 'write_samples', 'generate_cli']
+
+# %% ../nbs/17a_command_line.ipynb
+class CLIError(Exception):
+    "A failure a command reports as one line `prog: error: ...` with exit status 1 (not a usage error)."
+
+LOCK_NAME, STAGING_PREFIX = '.codi-lock', '.codi-partial-'
+
+def check_out_dir(out) -> Path:
+    "Create the folder `out` if missing and prove it writable with a probe file; `ValueError` saying why not."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f'--out {out} exists and is not a directory')
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.codi-probe-', dir=out)
+        os.close(fd); os.remove(probe)
+    except OSError as e:
+        raise ValueError(f'--out {out} cannot be written ({e.strerror or e}); give a folder you can write to') from None
+    return out
+
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    "Hold the lock file `out/.codi-lock` (created with O_CREAT|O_EXCL: one run per folder) while the block runs."
+    path = out / LOCK_NAME
+    try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise CLIError(f'{out} is in use by another run (its lock file {path} exists); wait for that run to end, or '
+                       f'delete the lock file if no run is writing there') from None
+    try:
+        with os.fdopen(fd, 'w') as f: f.write(f'{os.getpid()}\n')
+        yield path
+    finally: path.unlink(missing_ok=True)
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM, raised as an interruption like Ctrl-C's `KeyboardInterrupt`."
+
+def interrupt_status(e: KeyboardInterrupt) -> int:
+    "The shell's exit status for an interruption: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    "While the block runs, SIGTERM raises `Terminated`, a `KeyboardInterrupt`, so clean-ups run (main thread only)."
+    if threading.current_thread() is not threading.main_thread():
+        yield; return
+    def interrupt(signum, frame): raise Terminated(f'signal {signum}')
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, previous)
+
+@contextlib.contextmanager
+def staging_folder(out: Path):
+    """A fresh hidden folder `out/.codi-partial-<pid>/` to write into, removed with all it still holds when the block
+    ends, also on an error. Use it under `folder_lock`: staging folders left by killed runs are removed first."""
+    for old in out.glob(STAGING_PREFIX + '*'): shutil.rmtree(old, ignore_errors=True)
+    staging = out / f'{STAGING_PREFIX}{os.getpid()}'
+    staging.mkdir()
+    try: yield staging
+    finally: shutil.rmtree(staging, ignore_errors=True)
+
+def move_into_place(staging: Path, out: Path, names: Sequence[str]) -> None:
+    """Move the staged files `names` into `out`, in order, with `os.replace` (atomic; a symlink in the way is replaced,
+    its target untouched). If a move fails or is interrupted, the files already moved are removed again."""
+    moved = []
+    try:
+        for name in names:                                      # a name may be in a subfolder: `text-image/x.png`
+            (out / name).parent.mkdir(exist_ok=True)
+            os.replace(staging / name, out / name); moved.append(out / name)
+    except BaseException:
+        for path in moved: path.unlink(missing_ok=True)
+        raise
+
+def earlier_outputs(out: Path, stems: Iterable[str], overwrite: bool) -> list[Path]:
+    """The files of earlier runs in `out` to remove: each `*_settings.json` and the plain files directly in `out` it
+    lists. Without `overwrite`, a folder holding a settings JSON or a file with one of `stems` is refused."""
+    settings, stems = sorted(out.glob('*_settings.json')), set(stems)
+    clash = sorted({p.name for p in settings} | {p.name for p in out.iterdir() if p.name.partition('.')[0] in stems})
+    if not clash: return []
+    if not overwrite:
+        shown = ', '.join(clash[:3]) + (f' and {len(clash) - 3} more' if len(clash) > 3 else '')
+        raise CLIError(f'{out} already holds outputs ({shown}); choose another --out, or add --overwrite to replace '
+                       f'them')
+    stale = []
+    for path in settings:
+        try: listed = json.loads(path.read_text())['outputs']
+        except (OSError, ValueError, KeyError, TypeError) as e: listed = e
+        if not isinstance(listed, list):
+            raise CLIError(f'--overwrite: {path} does not list its outputs ({listed!r}); move it away or delete it')
+        names = {Path(str(entry)).name for entry in listed}      # a plain name: never a file outside `out`
+        stale += [out / name for name in sorted(names) if name and not name.startswith('.')
+                  and ((out / name).is_symlink() or (out / name).is_file())]
+        stale.append(path)
+    return stale
+
+def report_error(prog: str, error: Exception | str, status: int = 1) -> int:
+    "Say `prog: error: <error>` in one line on stderr (no traceback); return the exit status."
+    what = error if isinstance(error, (str, CLIError, OSError)) else f'{type(error).__name__}: {error}'
+    print(f'{prog}: error: {what}', file=sys.stderr)
+    return status
 
 # %% ../nbs/17a_command_line.ipynb
 def toyworld_parser() -> argparse.ArgumentParser:
@@ -27,7 +130,44 @@ def toyworld_parser() -> argparse.ArgumentParser:
     parser.add_argument('--split', choices=SPLITS, default='train', help='which split to draw from (default train)')
     parser.add_argument('--kinds', nargs='+', choices=PAIR_KINDS, default=list(PAIR_KINDS),
                         help='pair kinds (default: all four)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace a ToyWorld set already in --out (the files its manifest.json lists)')
     return parser
+
+def earlier_toyworld(out: Path, n: int, kinds: Sequence[str], overwrite: bool) -> list[Path]:
+    """The files of an earlier ToyWorld set in `out` to remove: its manifest.json, the sample JSONs it lists and the
+    files they name (only inside `out/<kind>/`). Without `overwrite`, a manifest or a sample this run writes is
+    refused."""
+    manifest = out / 'manifest.json'
+    for kind in kinds:
+        if (out / kind).is_symlink() or ((out / kind).exists() and not (out / kind).is_dir()):
+            raise CLIError(f'{out / kind} is not a plain folder; move it away or choose another --out')
+    def index(kind: str, path: Path) -> int:                    # 3 for text-image/text-image_0003.png, else -1
+        stem = path.name.partition('.')[0]; number = stem.removeprefix(f'{kind}_')
+        return int(number) if number != stem and number.isdigit() else -1
+    clash = [p for kind in kinds if (out / kind).is_dir() for p in (out / kind).iterdir() if 0 <= index(kind, p) < n]
+    if manifest.exists(): clash.insert(0, manifest)
+    if not clash: return []
+    if not overwrite:
+        raise CLIError(f'{out} already holds a ToyWorld set ({clash[0].relative_to(out)}, ...); choose another '
+                       f'--out, or add --overwrite to replace it')
+    try: samples = json.loads(manifest.read_text())['samples']
+    except (OSError, ValueError, KeyError, TypeError): samples = []     # no manifest: the files in the way are replaced
+    stale = []
+    for entry in samples if isinstance(samples, list) else []:
+        kind, _, name = str(entry).partition('/')
+        if kind not in PAIR_KINDS or not name or '/' in name or name.startswith('.'): continue   # only out/<kind>/x
+        try: files = [Path(str(f)).name for f in json.loads((out / kind / name).read_text())['files'].values()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError): files = []
+        stale += [out / kind / f for f in [name, *files] if f and not f.startswith('.')]
+    return [p for p in stale if p.is_file() or p.is_symlink()] + ([manifest] if manifest.exists() else [])
+
+def toyworld_bytes(folder: Path, n: int, seed: int = 0, split: str = 'train', kinds=PAIR_KINDS) -> int:
+    "About the bytes `write_toyworld` writes: the first sample of each kind, in 4 KiB blocks, times `n`, plus 25 %."
+    with tempfile.TemporaryDirectory(prefix='.codi-measure-', dir=folder) as tmp:
+        for kind in kinds: write_sample_files(ToyWorldDataset(kind, 1, seed, split)[0], Path(tmp) / kind, seed, split)
+        per_sample = sum(-(-p.stat().st_size // 4096) * 4096 for p in Path(tmp).iterdir())
+    return math.ceil(1.25 * n * per_sample) + 4096 * (1 + n * len(kinds) // 32)     # + the manifest
 
 def toyworld_cli(argv=None) -> int:
     "Command line `codi-toyworld`: write ToyWorld samples of every training pair as png/wav/mp4/npy/json files."
@@ -35,26 +175,43 @@ def toyworld_cli(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
     if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f'--out {args.out} exists and is not a directory')
-    try: records = write_toyworld(args.out, args.n, seed=args.seed, split=args.split, kinds=args.kinds)
-    except OSError as e:
-        print(f'codi-toyworld: could not write to {args.out}: {e}', file=sys.stderr)
-        return 1
-    print(f'wrote {len(records)} samples ({args.n} per pair kind, seed {args.seed}, {args.split} split) to {args.out}')
+    if len(set(args.kinds)) != len(args.kinds): parser.error(f'--kinds names a pair kind twice: {args.kinds}')
+    try: out = check_out_dir(args.out)
+    except ValueError as e: parser.error(str(e))
+    try:
+        with sigterm_interrupts(), folder_lock(out):
+            need, free = toyworld_bytes(out, args.n, args.seed, args.split, args.kinds), shutil.disk_usage(out).free
+            if need > free: raise CLIError(f'{args.n} samples per pair kind need about {need / 1e6:,.1f} MB, but the '
+                                           f'file system of {out} has {free / 1e6:,.1f} MB free; lower --n or choose '
+                                           f'another --out')
+            stale = earlier_toyworld(out, args.n, args.kinds, args.overwrite)
+            with staging_folder(out) as staging:
+                records = write_toyworld(staging, args.n, seed=args.seed, split=args.split, kinds=args.kinds)
+                files = sorted(str(p.relative_to(staging)) for p in staging.rglob('*') if p.is_file())
+                for path in stale: path.unlink(missing_ok=True)
+                move_into_place(staging, out, [f for f in files if f != 'manifest.json'] + ['manifest.json'])
+    except KeyboardInterrupt as e:
+        return report_error('codi-toyworld', f'interrupted; no file of this run was left in {out}',
+                            status=interrupt_status(e))
+    except Exception as e: return report_error('codi-toyworld', e)
+    print(f'wrote {len(records)} samples ({args.n} per pair kind, seed {args.seed}, {args.split} split) to {out}')
     return 0
 
 # %% ../nbs/17a_command_line.ipynb
 def parse_weights(text: str | None) -> dict[str, float]:
-    "'text=1,audio=0.5' → {'text': 1.0, 'audio': 0.5}."
+    "'text=1,audio=0.5' → {'text': 1.0, 'audio': 0.5}: each modality once, each weight a finite number >= 0."
     if not text: return {}
     out = {}
     for part in text.split(','):
         name, eq, value = part.partition('=')
-        if not eq or name.strip() not in MODALITIES:
+        name = name.strip()
+        if not eq or name not in MODALITIES:
             raise ValueError(f'bad weight {part!r}: write modality=number, e.g. text=1,audio=0.5')
-        try: out[name.strip()] = float(value)
+        if name in out: raise ValueError(f'--weights names {name} twice; give each input modality one weight')
+        try: out[name] = float(value)
         except ValueError: raise ValueError(f'bad weight {part!r}: {value!r} is not a number') from None
+        if not (math.isfinite(out[name]) and out[name] >= 0):
+            raise ValueError(f'bad weight {part!r}: a weight is a finite number >= 0')
     return out
 
 # %% ../nbs/17a_command_line.ipynb
@@ -66,62 +223,99 @@ def generate_parser() -> argparse.ArgumentParser:
     files = {'image': 'a png', 'audio': 'a wav (16 kHz; other rates are resampled)', 'video': 'an mp4 or npy video'}
     for m, what in files.items():
         parser.add_argument(f'--{m}', action='append', default=[], metavar='PATH', help=f'{what} (repeatable)')
-    parser.add_argument('--weights', help='per-modality weights, e.g. text=1,audio=0.5 (default 1 each)')
+    parser.add_argument('--weights', help='per-modality weights, e.g. text=1,audio=0.5 (default 1 each; only their '
+                        'ratios matter)')
     parser.add_argument('--to', required=True, help='output modality, or several separated by commas (generated '
                         'together): ' + ', '.join(MODALITIES))
     parser.add_argument('--n', type=int, default=1, help='number of samples (default 1)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    parser.add_argument('--steps', type=int, default=DEFAULT_STEPS, help=f'sampler steps (default {DEFAULT_STEPS})')
+    parser.add_argument('--seed', type=int, default=0, help='random seed, 0 to 2**32-1 (default 0)')
+    parser.add_argument('--steps', type=int, default=DEFAULT_STEPS, help=f'sampler steps, 1 to 1000 '
+                        f'(default {DEFAULT_STEPS})')
     parser.add_argument('--sampler', choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER,
                         help=f'one of {", ".join(SAMPLERS)} (default {DEFAULT_SAMPLER}; dpm, DPM-Solver++, is good at '
                              f'20 steps)')
     parser.add_argument('--guidance', type=float, default=DEFAULT_GUIDANCE,
-                        help=f'classifier-free guidance scale (default {DEFAULT_GUIDANCE:g})')
+                        help=f'classifier-free guidance scale, >= 0: 0 ignores the inputs, 1 follows them plainly, '
+                             f'more follows them more strongly (default {DEFAULT_GUIDANCE:g})')
     parser.add_argument('--out', required=True, help='output directory (created if missing)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the outputs of an earlier run in --out (the files its settings JSON lists)')
     return parser
 
-def generate_cli(argv=None) -> int:
-    "Command line `codi-generate`: captions and files in; samples of one or several outputs out, as files with a JSON."
-    parser = generate_parser()
-    args = parser.parse_args(argv)
+def check_generate_args(parser: argparse.ArgumentParser, args) -> tuple[list[str], dict, dict]:
+    "Every check that needs no model, the output folder last; the first failure is a usage error (exit 2)."
     try: outputs = parse_outputs(args.to)
     except ValueError as e: parser.error(f'--to: {e}')
     if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
     if not 1 <= args.steps <= 1000: parser.error(f'--steps must be between 1 and 1000, got {args.steps}')
-    if args.seed < 0: parser.error(f'--seed must be >= 0, got {args.seed}')
+    if not 0 <= args.seed < 2**32: parser.error(f'--seed must be between 0 and 2**32-1 = {2**32 - 1}, got {args.seed}')
+    if not (math.isfinite(args.guidance) and args.guidance >= 0):
+        parser.error(f'--guidance must be a finite number >= 0, got {args.guidance}: it is the classifier-free '
+                     f'guidance scale (0 ignores the inputs, 1 follows them plainly; default {DEFAULT_GUIDANCE:g})')
     if not (args.text or args.image or args.audio or args.video):
         parser.error('give at least one input: --text, --image, --audio or --video')
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f'--out {args.out} exists and is not a directory')
     try:
         weights = parse_weights(args.weights)
         inputs = {'text': args.text} if args.text else {}
         for m in ('image', 'audio', 'video'):
             if getattr(args, m): inputs[m] = [read_input_file(m, p) for p in getattr(args, m)]
-        input_weights(prompt_items(inputs), weights)                    # check the weights before loading models
+        total, f32 = sum(input_weights(prompt_items(inputs), weights)), np.finfo(np.float32)
+        if not f32.tiny <= total <= f32.max:
+            raise ValueError(f'--weights add up to {total:g} over the inputs; the models mix them in float32, which '
+                             f'holds {f32.tiny:g} to {f32.max:g}: scale them (only their ratios matter)')
+        check_out_dir(args.out)
     except (ValueError, FileNotFoundError) as e: parser.error(str(e))
-    start, jointly = time.time(), len(outputs) > 1
-    given = ', '.join(f'{len(v)} {k}' for k, v in inputs.items())
-    print(f'generating {args.n} {"+".join(outputs)} sample(s) from {given} ({args.sampler}, {args.steps} steps, '
-          f'guidance {args.guidance}{", jointly" if jointly else ""})', file=sys.stderr)
-    how = dict(weights=weights, n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-               seed=args.seed, progress=True)
-    if jointly:
-        generator = JointGenerator.shipped()
-        samples = generator.generate_jointly(inputs, outputs, **how)
-        lookahead = generator.joint.config.sampling_lookahead   # the default: what the connectors were trained for
-    else: samples, lookahead = {outputs[0]: ComposableGenerator.shipped().generate(inputs, outputs[0], **how)}, None
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    files = [str(p) for m in outputs for i, s in enumerate(samples[m])
-             for p in write_output_file(m, s, out / f'{m}_{i:03d}')]
+    return outputs, inputs, weights
+
+def output_stems(outputs: Sequence[str], n: int) -> list[str]:
+    "The names, without suffix, of the files a run writes: `image_000`, ..., `video_audio_000` (video with sound)."
+    both = ['video_audio'] if {'video', 'audio'} <= set(outputs) else []
+    return [f'{m}_{i:03d}' for m in [*outputs, *both] for i in range(n)]
+
+def write_samples(folder: Path, outputs: Sequence[str], samples: dict) -> list[str]:
+    "Write every sample into `folder` (each video with its own sound also as one mp4); the names of the files."
+    paths = [p for m in outputs for i, s in enumerate(samples[m])
+             for p in write_output_file(m, s, folder / f'{m}_{i:03d}')]
     if {'video', 'audio'} <= set(outputs):                              # each video with its own generated sound track
-        files += [str(write_mp4(out / f'video_audio_{i:03d}.mp4', v, fps=FPS, audio=a, scale=4))
+        paths += [write_mp4(folder / f'video_audio_{i:03d}.mp4', v, fps=FPS, audio=a, scale=4)
                   for i, (v, a) in enumerate(zip(samples['video'], samples['audio']))]
-    settings = dict(inputs={m: getattr(args, m) for m in ('text', 'image', 'audio', 'video')},
-                    weights=weights or 'all 1', to=outputs, jointly=jointly, lookahead=lookahead, n=args.n,
-                    seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance, outputs=files,
-                    seconds=round(time.time() - start, 2))
-    (out / f'{"_".join(outputs)}_settings.json').write_text(json.dumps(settings, indent=1))
+    return [Path(p).name for p in paths]
+
+def generate_cli(argv=None) -> int:
+    "Command line `codi-generate`: captions and files in; samples of one or several outputs out, as files with a JSON."
+    parser = generate_parser()
+    args = parser.parse_args(argv)
+    outputs, inputs, weights = check_generate_args(parser, args)
+    out, start, jointly = Path(args.out), time.time(), len(outputs) > 1
+    try:
+        with sigterm_interrupts(), folder_lock(out):
+            stale = earlier_outputs(out, output_stems(outputs, args.n), args.overwrite)
+            given = ', '.join(f'{len(v)} {k}' for k, v in inputs.items())
+            print(f'generating {args.n} {"+".join(outputs)} sample(s) from {given} ({args.sampler}, {args.steps} '
+                  f'steps, guidance {args.guidance}{", jointly" if jointly else ""})', file=sys.stderr)
+            how = dict(weights=weights, n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                       seed=args.seed, progress=True)
+            if jointly:
+                generator = JointGenerator.shipped()
+                samples = generator.generate_jointly(inputs, outputs, **how)
+                lookahead = generator.joint.config.sampling_lookahead   # the default: what the connectors learned
+            else:
+                samples = {outputs[0]: ComposableGenerator.shipped().generate(inputs, outputs[0], **how)}
+                lookahead = None
+            with staging_folder(out) as staging:
+                names = write_samples(staging, outputs, samples)
+                settings = dict(inputs={m: getattr(args, m) for m in ('text', 'image', 'audio', 'video')},
+                                weights=weights or 'all 1', to=outputs, jointly=jointly, lookahead=lookahead,
+                                n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                                guidance=args.guidance, outputs=names, seconds=round(time.time() - start, 2))
+                settings_name = f'{"_".join(outputs)}_settings.json'
+                (staging / settings_name).write_text(json.dumps(settings, indent=1))
+                for path in stale: path.unlink(missing_ok=True)
+                move_into_place(staging, out, [*names, settings_name])           # the settings JSON last
+    except KeyboardInterrupt as e:
+        return report_error('codi-generate', f'interrupted; no output of this run was left in {out}',
+                            status=interrupt_status(e))
+    except Exception as e: return report_error('codi-generate', e)
     for s in samples.get('text', []): print(s)
     print(f'wrote {args.n} {"+".join(outputs)} sample(s) to {out}', file=sys.stderr)
     return 0
