@@ -203,11 +203,13 @@ class TrainRun:
     processes: int
 
 def _accelerator(config: TrainConfig) -> Accelerator:
-    # accelerate keeps its settings in a process-wide state that refuses a change of precision; a single process that
-    # trains several times (a notebook does) starts that state afresh
+    # accelerate keeps its settings in a process-wide state that refuses a change of precision or device; a single
+    # process that trains several times with different settings (a notebook does) starts that state afresh
     shared = AcceleratorState._shared_state
-    if shared and not PartialState().use_distributed and shared.get('_mixed_precision') != config.mixed_precision:
-        AcceleratorState._reset_state()
+    if shared and not PartialState().use_distributed:
+        other_device = torch.cuda.is_available() and config.cpu != (PartialState().device.type == 'cpu')
+        if other_device or shared.get('_mixed_precision') != config.mixed_precision:
+            AcceleratorState._reset_state(reset_partial_state=other_device)
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                        cpu=config.cpu)
 
