@@ -105,7 +105,7 @@ class TextVAEConfig:
     pad_id: int = PAD_ID               # decoder special ids
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
-    # Optimus's second path (add W z to every token embedding); on in the released CoDi (chapter 18)
+    # Optimus's second path (add W z to every token embedding); on in the released CoDi (chapter 18c)
     latent_to_embeddings: bool = False
     # 'first': BERT's pooler (dense + tanh of the first token), as Optimus; 'mean': mean of all tokens, no pooler
     pooling: str = 'first'

@@ -400,21 +400,21 @@ def toyworld_ldm_config(modality: str) -> LatentDiffusionConfig:
     "The book's tiny LDM for `modality` on the shipped codecs' latents, conditioned on the 64-d shared prompt space."
     common = dict(out_channels=4, num_res_blocks=1, num_heads=4, context_dim=64, norm_groups=16)
     if modality == 'image':
-        return LatentDiffusionConfig('image', (4, 16, 16), 'codi_nb.unet.UNetModel',
+        return LatentDiffusionConfig('image', (4, 16, 16), 'UNetModel',
                                      dict(common, in_channels=4, model_channels=48, channel_mult=(1, 2, 2),
                                           attention_levels=(1, 2)))
     if modality == 'audio':
-        return LatentDiffusionConfig('audio', (4, 16, 16), 'codi_nb.unet.UNetModel',
+        return LatentDiffusionConfig('audio', (4, 16, 16), 'UNetModel',
                                      dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2, 2),
                                           attention_levels=(1, 2)))
     # velocity, on a schedule that ends in (almost) pure noise, trained more on the noisiest steps: chapter 11
     if modality == 'video':
-        return LatentDiffusionConfig('video', (4, 8, 8, 8), 'codi_nb.video_unet.VideoUNetModel',
+        return LatentDiffusionConfig('video', (4, 8, 8, 8), 'VideoUNetModel',
                                      dict(common, in_channels=4, model_channels=32, channel_mult=(1, 2),
                                           attention_levels=(0, 1)),
                                      beta_end=0.035, prediction='v', timestep_density='linear')
     if modality == 'text':
-        return LatentDiffusionConfig('text', (32,), 'codi_nb.text_unet.TextUNetModel',
+        return LatentDiffusionConfig('text', (32,), 'TextUNetModel',
                                      dict(common, in_channels=32, out_channels=32, model_channels=96,
                                           channel_mult=(1, 2), attention_levels=(1,), norm_groups=4))
     raise ValueError(f'unknown modality {modality!r}; use one of {MODALITIES}')
