@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_composable_conditioning.ipynb 2
 from __future__ import annotations
-import sys
+import sys, warnings
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -18,7 +18,7 @@ from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .prompt_encoders import PromptEncoders
 
 # %% auto 0
-__all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights',
+__all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights', 'check_sampling',
            'ComposableGenerator', 'generate', 'read_image_input', 'read_audio_input', 'read_video_input',
            'write_text_output', 'write_image_output', 'write_video_output', 'write_audio_output', 'read_input_file',
            'write_output_file', 'parse_outputs']
@@ -34,7 +34,12 @@ def prompt_items(inputs: dict) -> list[tuple[str, object]]:
         if modality not in MODALITIES: raise ValueError(f'unknown input modality {modality!r}; use one of {MODALITIES}')
         if value is None: raise ValueError(f'input {modality!r} is None: give it a value or leave it out')
         spec = MODALITY_TABLE[modality]
+        if spec.item_dtype == 'float32' and np.ndim(value) == 2 and 0 < np.shape(value)[1] <= 2 < np.shape(value)[0]:
+            raise ValueError(f'{modality} input of shape {np.shape(value)} looks like (samples, channels): mix it down '
+                             f'to mono, e.g. wave.mean(1)')
         x = [value] if spec.is_single(value) else list(value)
+        if spec.item_dtype == 'float32' and not all(np.isfinite(np.asarray(v, np.float64)).all() for v in x):
+            raise ValueError(f'{modality} input holds NaN or infinite values')
         if spec.item_ndim is None and not all(isinstance(t, str) and t.strip() for t in x):
             raise ValueError(f'{modality} inputs must be non-empty strings (or a list of them)')
         if not len(x): raise ValueError(f'no {modality} inputs given')
@@ -61,6 +66,19 @@ def input_weights(items: Sequence[tuple[str, object]], weights: dict | None) -> 
         raise ValueError(f'weights must be finite, non-negative and not all zero, got {out}')
     return out
 
+def check_sampling(n: int, steps: int, sampler: str, guidance: float, seed: int):
+    "Refuse bad sampling settings, one clear message each, before any model runs."
+    for name, value, low in (('n', n, 1), ('steps', steps, 1), ('seed', seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f'{name} must be a whole number, got {value!r}')
+        if value < low: raise ValueError(f'{name} must be at least {low}, got {value}')
+    if seed >= 2 ** 64: raise ValueError(f'seed must be below 2**64, got {seed}')
+    if sampler not in SAMPLERS: raise ValueError(f'sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}')
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.number)) or not np.isfinite(guidance) \
+            or guidance < 0:
+        raise ValueError(f'guidance must be a finite number >= 0 (1: plain conditioning, larger: follow the inputs '
+                         f'more closely), got {guidance!r}')
+
 # %% ../nbs/14_composable_conditioning.ipynb
 class ComposableGenerator:
     """CoDi's any-to-one generation: every input's prompt vector, mixed by a weighted average, conditions the chosen
@@ -81,6 +99,9 @@ class ComposableGenerator:
     def prompt_vectors(self, inputs: dict) -> tuple[list[str], Tensor]:
         "Each input's modality and its L2-normalised prompt vector (N, D)."
         items = prompt_items(inputs)
+        unknown = self.encoders.tokenizer.unknown_words([x for m, x in items if MODALITY_TABLE[m].item_ndim is None])
+        if unknown: warnings.warn(f'words the prompt encoder does not know, read as unknown: {", ".join(unknown)} (it '
+                                  f'knows {len(self.encoders.tokenizer.words)} ToyWorld words)')
         vectors = [self.encoders.encode({m: x})[m][0] for m, x in items]
         return [m for m, _ in items], torch.stack(vectors)
 
@@ -88,6 +109,9 @@ class ComposableGenerator:
         """The mixed prompt vector sum_i w_i v_i / sum_i w_i over all inputs (the paper's conditioning interpolation),
         shape (D,); `normalize` puts it back on the unit sphere."""
         items = prompt_items(inputs)
+        unknown = self.encoders.tokenizer.unknown_words([x for m, x in items if MODALITY_TABLE[m].item_ndim is None])
+        if unknown: warnings.warn(f'words the prompt encoder does not know, read as unknown: {", ".join(unknown)} (it '
+                                  f'knows {len(self.encoders.tokenizer.words)} ToyWorld words)')
         w = torch.tensor(input_weights(items, weights))
         _, vectors = self.prompt_vectors(inputs)
         mixed = (w[:, None] * vectors).sum(0) / w.sum()
@@ -102,8 +126,7 @@ class ComposableGenerator:
         if output not in MODALITIES: raise ValueError(f'unknown output modality {output!r}; use one of {MODALITIES}')
         if output not in self.models: raise ValueError(f'no {output} model loaded; this generator has '
                                                        f'{sorted(self.models)}')
-        if n < 1: raise ValueError(f'n must be at least 1, got {n}')
-        if sampler not in SAMPLERS: raise ValueError(f'sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}')
+        check_sampling(n, steps, sampler, guidance, seed)
         cond = self.condition(inputs, weights, normalize)
         latents = self.models[output].sample(cond[None].expand(n, -1), sampler, steps, guidance,
                                              generator=torch.Generator().manual_seed(seed), progress=progress)
@@ -128,7 +151,13 @@ VIDEO_FRAMES = 8
 def read_image_input(path: Path) -> np.ndarray:
     "A png as one (32, 32, 3) uint8 ToyWorld image (square multiples of 32 are block-averaged down)."
     from PIL import Image, UnidentifiedImageError
-    try: image = np.asarray(Image.open(path).convert('RGB'))
+    try:
+        with Image.open(path) as picture:
+            if picture.mode.startswith('I'):                  # 16- or 32-bit grayscale: scale to 8 bits, not clip
+                gray = np.asarray(picture, np.float64)
+                gray = gray / 257 if picture.mode.startswith('I;16') or gray.max(initial=0) > 255 else gray
+                image = np.repeat(gray.clip(0, 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+            else: image = np.asarray(picture.convert('RGB'))
     except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); '
                                                                     f'expected a png') from e
     h, w = image.shape[:2]
@@ -148,7 +177,11 @@ def read_audio_input(path: Path) -> np.ndarray:
 
 def read_video_input(path: Path) -> np.ndarray:
     "An mp4 or npy as one (8, 32, 32, 3) uint8 ToyWorld video."
-    frames = read_video_file(path)
+    frames = read_video_file(path, size=None)
+    h, w = frames.shape[1:3]
+    if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld videos are {IMAGE_SIZE}x'
+                                                  f'{IMAGE_SIZE} (square multiples of that are block-averaged down)')
+    frames = downscale_video(frames, IMAGE_SIZE)
     if len(frames) != VIDEO_FRAMES: raise ValueError(f'{path.name} has {len(frames)} frames; ToyWorld videos have '
                                                      f'{VIDEO_FRAMES}')
     return frames

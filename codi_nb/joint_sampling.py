@@ -14,7 +14,7 @@ from .modalities import MODALITIES
 from .samplers import (SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE, make_sampler, sample_loop,
                               guided_prediction)
 from .prompt_encoders import PromptEncoders
-from .composable import ComposableGenerator, parse_outputs
+from .composable import ComposableGenerator, check_sampling, parse_outputs
 from .joint import JointDiffusion, check_lookahead
 
 # %% auto 0
@@ -85,8 +85,7 @@ class JointGenerator(ComposableGenerator):
         """`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of
         `inputs`; {modality: samples}."""
         outputs = parse_outputs(outputs)
-        if n < 1: raise ValueError(f'n must be at least 1, got {n}')
-        if sampler not in SAMPLERS: raise ValueError(f'sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}')
+        check_sampling(n, steps, sampler, guidance, seed)
         missing = [m for m in outputs if m not in self.models]
         if missing: raise ValueError(f'no model for {missing}; this generator has {sorted(self.models)}')
         cond = self.condition(inputs, weights, normalize)[None].expand(n, -1)

@@ -46,6 +46,12 @@ class PromptTokenizer:
             rows.append(ids + [0] * (self.context_length - len(ids)))
         return torch.tensor(rows)
 
+    def unknown_words(self, texts: str | Sequence[str]) -> list[str]:
+        "The words of `texts` this tokenizer would read as [UNK] or lose (letters outside a-z, 0-9), sorted."
+        if isinstance(texts, str): texts = [texts]
+        return sorted({raw for text in texts for raw in text.lower().split()
+                       if not raw.isascii() or any(w not in self.ids for w in split_words(raw))})
+
 # %% ../nbs/08_prompt_encoders.ipynb
 @dataclass
 class PromptEncoderConfig:

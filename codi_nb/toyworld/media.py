@@ -31,9 +31,13 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     try: wave, rate = sf.read(str(path), dtype='float32', always_2d=True)
     except Exception as e: raise ValueError(f'could not read {path} as a sound file ({e}); expected e.g. a WAV or FLAC '
                                             f'file') from e
+    if not np.isfinite(wave).all(): raise ValueError(f'{path.name} holds NaN or infinite samples: not a usable sound')
+    peak = float(np.abs(wave).max(initial=0))
+    if peak > 1.01: raise ValueError(f'{path.name} has samples up to {peak:.3g}, outside [-1, 1]: normalise the sound '
+                                     f'(divide by its peak) and save it again')
     if wave.shape[1] > 1:
         warnings.warn(f'{path.name}: {wave.shape[1]} channels downmixed to mono by averaging')
-    wave = wave.mean(1)
+    wave = wave.clip(-1, 1).mean(1)
     if rate != sample_rate:
         warnings.warn(f'{path.name}: resampled from {rate} Hz to {sample_rate} Hz')
         wave = resample(wave, rate, sample_rate)
@@ -76,7 +80,10 @@ def read_mp4(path) -> tuple[np.ndarray, np.ndarray | None, int | None]:
     if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')
     try:
         with av.open(str(path)) as container:
-            frames = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
+            if not container.streams.video: raise ValueError(f'{path} has no video stream (a sound-only file?)')
+            frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+            if not frames: raise ValueError(f'{path} has a video stream without frames')
+            frames = np.stack(frames)
         with av.open(str(path)) as container:
             if not container.streams.audio: return frames, None, None
             stream = container.streams.audio[0]
@@ -102,9 +109,18 @@ def read_video_file(path, size: int | None = IMAGE_SIZE) -> np.ndarray:
     """Frames (uint8, F x size x size x 3) of an .mp4 (decoded) or .npy (lossless) video; upscaled files are
     block-averaged back to `size` (None: as stored)."""
     path = Path(path)
-    if path.suffix == '.npy':
-        if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')
-        frames = to_uint8_image(np.load(path, allow_pickle=False))
-    elif path.suffix == '.mp4': frames = read_mp4(path)[0]
+    if not path.exists(): raise FileNotFoundError(f'no such video file: {path}')
+    if not path.is_file(): raise ValueError(f'{path} is not a file')
+    suffix = path.suffix.lower()
+    if suffix == '.npy':
+        try: frames = np.load(path, allow_pickle=False)
+        except ValueError as e: raise ValueError(f'could not read {path.name} as a numpy array ({e})') from e
+        if frames.ndim != 4: raise ValueError(f'{path.name} holds an array of shape {frames.shape}; a video is (frames, '
+                                              f'H, W, 3)')
+        if frames.dtype != np.uint8: raise ValueError(f'{path.name} holds {frames.dtype} pixels; a video .npy holds '
+                                                      f'uint8 (0-255): convert with (x.clip(0, 1) * 255).round()'
+                                                      f'.astype(np.uint8) for floats in [0, 1]')
+        frames = to_uint8_image(frames)                                  # (F, 3, H, W) is accepted too
+    elif suffix == '.mp4': frames = read_mp4(path)[0]
     else: raise ValueError(f'expected a .mp4 or .npy video file, got {path.name}')
     return frames if size is None else downscale_video(frames, size)
