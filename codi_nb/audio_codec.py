@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_audio_codec.ipynb 2
 from __future__ import annotations
-import dataclasses, math
+import contextlib, dataclasses, math
 import numpy as np
 from dataclasses import dataclass
 import torch
@@ -15,8 +15,8 @@ from .checkpoint import load_shipped
 from .image_vae import AutoencoderConfig, KLAutoencoder
 
 # %% auto 0
-__all__ = ['MelConfig', 'LogMel', 'GriffinLimVocoder', 'HiFiGANConfig', 'HiFiGANResBlock', 'HiFiGAN', 'tiny_audio_vae_config',
-           'AudioCodec']
+__all__ = ['MelConfig', 'float32_signal', 'LogMel', 'GriffinLimVocoder', 'HiFiGANConfig', 'HiFiGANResBlock', 'HiFiGAN',
+           'tiny_audio_vae_config', 'AudioCodec', 'move_module']
 
 # %% ../nbs/06_audio_codec.ipynb
 @dataclass
@@ -72,6 +72,11 @@ def _check_wave(wave: torch.Tensor, config: MelConfig, sample_rate: int | None =
     if not torch.isfinite(wave).all(): raise ValueError('waveform contains NaN or infinite values')
     return wave
 
+def float32_signal(device: torch.device):
+    "A block in which autocast is off on `device`: the mel front end and Griffin-Lim stay in float32."
+    try: return torch.autocast(torch.device(device).type, enabled=False)
+    except RuntimeError: return contextlib.nullcontext()             # a device autocast does not know (`meta`)
+
 class LogMel(nn.Module):
     "Waveform (B, samples) at `config.sample_rate` → log-mel image (B, 1, frames, mels), AudioLDM style."
     def __init__(self, config: MelConfig | None = None):
@@ -88,8 +93,10 @@ class LogMel(nn.Module):
         return self.mel.mel_scale.fb
 
     def forward(self, wave: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
-        wave = _check_wave(wave, self.config, sample_rate)
-        magnitude_mel = self.mel(wave.float())                       # (B, mels, frames + 1)
+        "Waves on any device go to the front end's; signal processing runs in float32, also under autocast."
+        wave = _check_wave(wave, self.config, sample_rate).to(self.filterbank.device)
+        with float32_signal(wave.device):
+            magnitude_mel = self.mel(wave.float())                   # (B, mels, frames + 1)
         frames = self.config.num_frames(wave.shape[-1])
         log_mel = torch.log(magnitude_mel[..., :frames].clamp(min=self.config.clamp_min))
         return log_mel.transpose(1, 2)[:, None]                      # (B, 1, frames, mels)
@@ -121,6 +128,9 @@ class GriffinLimVocoder(nn.Module):
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         log_mel = _check_mel(log_mel, self.config)
+        with float32_signal(log_mel.device): return self._invert(log_mel)
+
+    def _invert(self, log_mel: torch.Tensor) -> torch.Tensor:
         frames = log_mel.shape[2]
         magnitude = log_mel[:, 0].exp().transpose(1, 2)                   # (B, mels, frames)
         linear = (self.inverse_filters @ magnitude).clamp(min=0)          # (B, freqs, frames), least-norm inverse
@@ -241,11 +251,20 @@ class AudioCodec(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        "Scaled latents → waveforms (B, samples), float32 numpy, clipped to [-1, 1]."
-        return self.vocoder(self.decode_mel(latents)).clamp(-1, 1).numpy()
+        "Scaled latents (on the codec's device) → waveforms (B, samples), float32 numpy on the host, clipped to [-1, 1]."
+        return self.vocoder(self.decode_mel(latents)).clamp(-1, 1).float().cpu().numpy()   # to host only at the end
 
     encode_media, decode_media = encode, decode         # the codec interface of chapter 10's `ModalityCodecs`
 
     def round_trip(self, wave) -> np.ndarray:
         "Waveform → mel → latent → mel → waveform."
         return self.decode(self.encode(wave))
+
+def move_module(module: nn.Module, device=None, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module.to(device, dtype)` in place, except that mel front ends and Griffin-Lim vocoders inside it keep float32:
+    they are signal processing, and a bf16 STFT is neither supported everywhere nor accurate."""
+    module.to(device=device, dtype=dtype)
+    if dtype is not None:
+        for part in module.modules():
+            if isinstance(part, (LogMel, GriffinLimVocoder)): part.float()
+    return module

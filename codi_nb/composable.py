@@ -16,6 +16,7 @@ from .latent_diffusion import LatentDiffusion, ModalityCodecs
 from .modalities import MODALITIES, MODALITY_TABLE
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .prompt_encoders import PromptEncoders
+from .audio_codec import move_module
 
 # %% auto 0
 __all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights', 'check_sampling',
@@ -114,23 +115,32 @@ class ComposableGenerator:
                                   f'knows {len(self.encoders.tokenizer.words)} ToyWorld words)')
         w = torch.tensor(input_weights(items, weights))
         _, vectors = self.prompt_vectors(inputs)
+        w = w.to(vectors.device)                                 # the vectors are on the encoders' device
         mixed = (w[:, None] * vectors).sum(0) / w.sum()
         return F.normalize(mixed, dim=-1) if normalize else mixed
 
     def generate(self, inputs: dict, output: str, weights: dict | None = None, n: int = 1, steps: int = DEFAULT_STEPS,
                  sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                  normalize: bool = True,
-                 progress: bool = False) -> list:
+                 progress: bool = False, generator: torch.Generator | None = None) -> list:
         """`n` samples of `output` ('text', 'image', 'video' or 'audio') conditioned on any mix of inputs: captions,
-        uint8 images/videos, 16 kHz waves."""
+        uint8 images/videos, 16 kHz waves. The starting noise comes from `generator` if given, else from `seed`."""
         if output not in MODALITIES: raise ValueError(f'unknown output modality {output!r}; use one of {MODALITIES}')
         if output not in self.models: raise ValueError(f'no {output} model loaded; this generator has '
                                                        f'{sorted(self.models)}')
         check_sampling(n, steps, sampler, guidance, seed)
         cond = self.condition(inputs, weights, normalize)
         latents = self.models[output].sample(cond[None].expand(n, -1), sampler, steps, guidance,
-                                             generator=torch.Generator().manual_seed(seed), progress=progress)
+                                             generator=generator or torch.Generator().manual_seed(seed),
+                                             progress=progress)
         return list(self.codecs.decode(output, latents))
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> ComposableGenerator:
+        """Move the encoders, codecs and models to `device` and cast them to `dtype`, in place (mel front ends stay
+        float32); a bf16 or fp16 generator runs under `torch.autocast`, as `CoDiPipeline` (chapter 17a) runs it."""
+        move_module(self.encoders, device, dtype); self.codecs.to(device, dtype)
+        for model in self.models.values(): model.to(device=device, dtype=dtype)
+        return self
 
 _SHIPPED: ComposableGenerator | None = None
 

@@ -77,19 +77,25 @@ class JointGenerator(ComposableGenerator):
         "The book's tiny CoDi with its shipped joint layers."
         return cls(load_shipped('prompt_encoders'), ModalityCodecs.shipped(), JointDiffusion.shipped())
 
+    def to(self, device=None, dtype: torch.dtype | None = None) -> JointGenerator:
+        "Move and cast everything, the joint layers included, in place (see `ComposableGenerator.to`)."
+        super().to(device, dtype); self.joint.to(device=device, dtype=dtype)
+        return self
+
     def generate_jointly(self, inputs: dict, outputs: Sequence[str], weights: dict | None = None, n: int = 1,
                          steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
                          seed: int = 0, normalize: bool = True,
                          independent: bool = False, progress: bool = False,
-                         lookahead: float | None | str = 'trained') -> dict[str, list]:
+                         lookahead: float | None | str = 'trained',
+                         generator: torch.Generator | None = None) -> dict[str, list]:
         """`n` samples of every modality in `outputs`, generated together and conditioned on the mixed prompt vector of
-        `inputs`; {modality: samples}."""
+        `inputs`; {modality: samples}. The noise comes from `generator` if given, else from `seed`."""
         outputs = parse_outputs(outputs)
         check_sampling(n, steps, sampler, guidance, seed)
         missing = [m for m in outputs if m not in self.models]
         if missing: raise ValueError(f'no model for {missing}; this generator has {sorted(self.models)}')
         cond = self.condition(inputs, weights, normalize)[None].expand(n, -1)
         latents = sample_jointly(self.joint, {m: cond for m in outputs}, sampler=sampler, steps=steps,
-                                 guidance=guidance, generator=torch.Generator().manual_seed(seed),
+                                 guidance=guidance, generator=generator or torch.Generator().manual_seed(seed),
                                  independent=independent, progress=progress, lookahead=lookahead)
         return {m: list(self.codecs.decode(m, latents[m])) for m in outputs}

@@ -18,7 +18,7 @@ from .unet import UNetConfig, UNetModel
 
 from .modalities import MODALITIES, modality
 from .checkpoint import load_shipped
-from .audio_codec import AudioCodec
+from .audio_codec import AudioCodec, move_module
 
 # %% auto 0
 __all__ = ['config_class_of', 'LatentDiffusionConfig', 'LatentDiffusion', 'ModalityCodecs']
@@ -179,3 +179,10 @@ class ModalityCodecs:
     def decode(self, name: str, latents: Tensor):
         "Latents → uint8 images / videos, float waves (numpy), or a list of captions."
         return self.codec(name).decode_media(latents)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> ModalityCodecs:
+        """Move every codec to `device` and cast its weights to `dtype`, in place (the mel front end and vocoder stay
+        float32: chapter 06's `move_module`); run a bf16 or fp16 copy under `torch.autocast`."""
+        for codec in {id(c): c for c in (self.image_vae, self.video_vae, self.audio_codec, self.text_vae)}.values():
+            move_module(codec, device, dtype)
+        return self

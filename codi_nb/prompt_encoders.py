@@ -90,7 +90,8 @@ def images_for_clip(images) -> torch.Tensor:
     if x.dtype != torch.uint8: raise TypeError(f'expected uint8 RGB images, got {x.dtype}')
     if x.ndim != 4 or x.shape[-1] != 3: raise ValueError(f'expected images (batch, H, W, 3), got {tuple(x.shape)}')
     x = x.permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    mean, std = (torch.tensor(v, device=x.device)[:, None, None] for v in (CLIP_MEAN, CLIP_STD))
+    return (x - mean) / std
 
 # %% ../nbs/08_prompt_encoders.ipynb
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -175,6 +176,9 @@ class PromptEncoders(nn.Module):
         return {'text': self.clip.encode_text, 'image': lambda x: self.clip.encode_image(images_for_clip(x)),
                 'video': self.video, 'audio': self.audio}[name]
 
+    @property
+    def device(self) -> torch.device: return self.clip.logit_scale.device
+
     def item_shape(self, name: str) -> tuple:
         "The shape of one raw item of a medium these encoders take (None: any length)."
         c = self.config
@@ -193,7 +197,7 @@ class PromptEncoders(nn.Module):
             raise ValueError(f'encode takes a non-empty dict {{modality: inputs}} with modalities from {MODALITIES}')
         out = {}
         for modality, x in inputs.items():
-            x = self._as_batch(modality, x)
+            x = self._as_batch(modality, x).to(self.device)           # inputs go where the weights are
             out[modality] = F.normalize(torch.cat([self.embed(modality, x[i:i + batch_size])
                                                    for i in range(0, len(x), batch_size)]), dim=-1)
         return out
