@@ -110,9 +110,6 @@ class ComposableGenerator:
         """The mixed prompt vector sum_i w_i v_i / sum_i w_i over all inputs (the paper's conditioning interpolation),
         shape (D,); `normalize` puts it back on the unit sphere."""
         items = prompt_items(inputs)
-        unknown = self.encoders.tokenizer.unknown_words([x for m, x in items if MODALITY_TABLE[m].item_ndim is None])
-        if unknown: warnings.warn(f'words the prompt encoder does not know, read as unknown: {", ".join(unknown)} (it '
-                                  f'knows {len(self.encoders.tokenizer.words)} ToyWorld words)')
         w = torch.tensor(input_weights(items, weights))
         _, vectors = self.prompt_vectors(inputs)
         w = w.to(vectors.device)                                 # the vectors are on the encoders' device
