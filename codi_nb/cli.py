@@ -8,19 +8,19 @@ import argparse, contextlib, json, math, os, shutil, signal, sys, tempfile, thre
 from pathlib import Path
 from typing import Iterable, Sequence
 import numpy as np
+import torch
 from .modalities import MODALITIES
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .toyworld import FPS, PAIR_KINDS, SPLITS, ToyWorldDataset, write_mp4, write_sample_files, write_toyworld
 from .composable import ComposableGenerator, input_weights, parse_outputs, prompt_items
 from .composable import read_input_file  # chapter 14's file reader
-from .pipeline import (OutputError, LOCK_NAME, STAGING_PREFIX, check_out_dir, folder_lock, Terminated,
-                              interrupt_status, sigterm_interrupts, staging_folder, move_into_place, earlier_outputs,
-                              output_stems, write_samples)
-from .joint_sampling import JointGenerator
+from .pipeline import (CoDiPipeline, OutputError, LOCK_NAME, STAGING_PREFIX, check_out_dir, folder_lock,
+                              Terminated, interrupt_status, sigterm_interrupts, staging_folder, move_into_place,
+                              earlier_outputs, output_stems, write_samples)
 
 # %% auto 0
-__all__ = ['CLIError', 'report_error', 'toyworld_parser', 'earlier_toyworld', 'toyworld_bytes', 'toyworld_cli', 'parse_weights',
-           'generate_parser', 'check_generate_args', 'generate_cli']
+__all__ = ['CLIError', 'DTYPES', 'report_error', 'toyworld_parser', 'earlier_toyworld', 'toyworld_bytes', 'toyworld_cli',
+           'parse_weights', 'generate_parser', 'check_generate_args', 'generate_cli']
 
 # %% ../nbs/17b_command_line.ipynb
 CLIError = OutputError          # a failure a command reports as one line `prog: error: ...`, exit status 1
@@ -127,6 +127,8 @@ def parse_weights(text: str | None) -> dict[str, float]:
     return out
 
 # %% ../nbs/17b_command_line.ipynb
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
 def generate_parser() -> argparse.ArgumentParser:
     "The arguments of `codi-generate`."
     parser = argparse.ArgumentParser(prog='codi-generate', description='Generate text, images, videos or sounds from '
@@ -149,6 +151,9 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument('--guidance', type=float, default=DEFAULT_GUIDANCE,
                         help=f'classifier-free guidance scale, >= 0: 0 ignores the inputs, 1 follows them plainly, '
                              f'more follows them more strongly (default {DEFAULT_GUIDANCE:g})')
+    parser.add_argument('--device', default='cpu', help='where to run: cpu, cuda, cuda:1, mps, ... (default cpu)')
+    parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32',
+                        help='precision of the models: float32, bfloat16 or float16 (default float32)')
     parser.add_argument('--out', required=True, help='output directory (created if missing)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace the outputs of an earlier run in --out (the files its settings JSON lists)')
@@ -166,6 +171,10 @@ def check_generate_args(parser: argparse.ArgumentParser, args) -> tuple[list[str
                      f'guidance scale (0 ignores the inputs, 1 follows them plainly; default {DEFAULT_GUIDANCE:g})')
     if not (args.text or args.image or args.audio or args.video):
         parser.error('give at least one input: --text, --image, --audio or --video')
+    try: device = torch.device(args.device)
+    except RuntimeError: parser.error(f'--device {args.device!r} is not a device: write cpu, cuda, cuda:1, mps, ...')
+    if device.type == 'cuda' and not torch.cuda.is_available(): parser.error('--device cuda: no CUDA GPU here')
+    if device.type == 'mps' and not torch.backends.mps.is_available(): parser.error('--device mps: no MPS here')
     try:
         weights = parse_weights(args.weights)
         inputs = {'text': args.text} if args.text else {}
@@ -191,29 +200,15 @@ def generate_cli(argv=None) -> int:
             given = ', '.join(f'{len(v)} {k}' for k, v in inputs.items())
             print(f'generating {args.n} {"+".join(outputs)} sample(s) from {given} ({args.sampler}, {args.steps} '
                   f'steps, guidance {args.guidance}{", jointly" if jointly else ""})', file=sys.stderr)
-            how = dict(weights=weights, n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                       seed=args.seed, progress=True)
-            if jointly:
-                generator = JointGenerator.shipped()
-                samples = generator.generate_jointly(inputs, outputs, **how)
-                lookahead = generator.joint.config.sampling_lookahead   # the default: what the connectors learned
-            else:
-                samples = {outputs[0]: ComposableGenerator.shipped().generate(inputs, outputs[0], **how)}
-                lookahead = None
-            with staging_folder(out) as staging:
-                names = write_samples(staging, outputs, samples)
-                settings = dict(inputs={m: getattr(args, m) for m in ('text', 'image', 'audio', 'video')},
-                                weights=weights or 'all 1', to=outputs, jointly=jointly, lookahead=lookahead,
-                                n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
-                                guidance=args.guidance, outputs=names, seconds=round(time.time() - start, 2))
-                settings_name = f'{"_".join(outputs)}_settings.json'
-                (staging / settings_name).write_text(json.dumps(settings, indent=1))
-                for path in stale: path.unlink(missing_ok=True)
-                move_into_place(staging, out, [*names, settings_name])           # the settings JSON last
+            pipe = CoDiPipeline.from_pretrained().to(device=args.device, dtype=DTYPES[args.dtype])
+            result = pipe(inputs, outputs, weights=weights, num_samples=args.n, steps=args.steps,
+                          sampler=args.sampler, guidance=args.guidance, seed=args.seed, progress=True)
+            result.settings['inputs'] = {m: getattr(args, m) for m in MODALITIES}      # the files, as named
+            result.write_staged(out, stale)                                 # the settings JSON moves in last
     except KeyboardInterrupt as e:
         return report_error('codi-generate', f'interrupted; no output of this run was left in {out}',
                             status=interrupt_status(e))
     except Exception as e: return report_error('codi-generate', e)
-    for s in samples.get('text', []): print(s)
+    for s in result.outputs.get('text', []): print(s)
     print(f'wrote {args.n} {"+".join(outputs)} sample(s) to {out}', file=sys.stderr)
     return 0
