@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from .checkpoint import save_pretrained
 
 # %% auto 0
-__all__ = ['run_dir', 'run_path', 'smoke_mode', 'smoke', 'load_run', 'install_shipped', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
+__all__ = ['run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
 
 # %% ../nbs/04f_training.ipynb
 import os, shutil
@@ -41,6 +41,10 @@ def smoke_mode() -> bool:
 def smoke(full, small):
     "`small` in smoke mode (`CODI_SMOKE=1`: a recipe's handful of steps or pairs), else `full`."
     return small if smoke_mode() else full
+
+def smoke_args(**small) -> dict:
+    "`small` in smoke mode, else {}: keyword arguments that shrink a recipe, `recipe(**smoke_args(steps=3, n=16))`."
+    return small if smoke_mode() else {}
 
 def load_run(name: str, model: nn.Module | None = None) -> nn.Module:
     """Load the checkpoint `name` back from the run folder; with `model`, check that it holds `model`'s weights (to
