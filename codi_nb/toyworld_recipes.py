@@ -156,9 +156,9 @@ from .text_vae import TextVAE, TextVAEConfig, latent_scale_factor
 from .training import warmup_cosine, beta_schedule
 
 def train_text_vae(steps: int = 3000, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
-                   config: TextVAEConfig | None = None, num_captions: int = 20000, save: bool = True,
+                   config: TextVAEConfig | None = None, num_captions: int = 20000, save_to=None,
                    log_every: int = 0) -> tuple[TextVAE, list[dict]]:
-    "Train the tiny ToyWorld text VAE from scratch; with `save`, rewrite codi_nb/weights/text_vae.{safetensors,json}."
+    "Train the tiny ToyWorld text VAE from scratch; saved if `save_to` is given."
     start = time.process_time()
     torch.manual_seed(seed)
     config = config or TextVAEConfig.tiny(toyworld_vocabulary())
@@ -184,8 +184,8 @@ def train_text_vae(steps: int = 3000, seed: int = 0, batch_size: int = 64, lr: f
     model.eval()
     model.config.scale_factor = latent_scale_factor(model, captions[:4096])
     cpu_seconds = time.process_time() - start
-    if save:
-        save_pretrained(model, shipped_path('text_vae'), extra={
+    if save_to is not None:
+        save_pretrained(model, save_to, extra={
             'recipe': f'train_text_vae(steps={steps}, seed={seed}, batch_size={batch_size}, lr={lr})',
             'cpu_seconds': round(cpu_seconds, 1), 'torch_threads': torch.get_num_threads(),
             'final': {k: round(v, 4) for k, v in history[-1].items()}})
@@ -343,16 +343,16 @@ def teach_partial_captions(encoders: PromptEncoders, steps: int = 600, n: int = 
 
 # %% ../nbs/09_bridging_alignment.ipynb 18
 def train_prompt_encoders(steps: tuple = (1500, 1000, 1500, 600), seed: int = 0, save_to=None,
-                          log_every: int = 0) -> PromptEncoders:
+                          log_every: int = 0, n: tuple = (8000, 4000, 4000, 6000)) -> PromptEncoders:
     """The whole recipe: CLIP on text-image pairs, audio and video bridged to the frozen text tower, then partial
-    captions taught; optionally saved."""
+    captions taught (`steps` and training pairs `n` per stage); optionally saved."""
     start = time.process_time()
     torch.manual_seed(seed)
     encoders = toyworld_prompt_encoders()
-    train_clip(encoders, steps[0], seed=seed, log_every=log_every)
-    train_bridge(encoders, 'audio', steps[1], seed=seed, log_every=log_every)
-    train_bridge(encoders, 'video', steps[2], seed=seed, log_every=log_every)
-    teach_partial_captions(encoders, steps[3], seed=seed, log_every=log_every)
+    train_clip(encoders, steps[0], n=n[0], seed=seed, log_every=log_every)
+    train_bridge(encoders, 'audio', steps[1], n=n[1], seed=seed, log_every=log_every)
+    train_bridge(encoders, 'video', steps[2], n=n[2], seed=seed, log_every=log_every)
+    teach_partial_captions(encoders, steps[3], n=n[3], seed=seed, log_every=log_every)
     encoders.eval()
     if save_to is not None:
         save_pretrained(encoders, save_to, extra={'recipe': f'train_prompt_encoders(steps={steps}, seed={seed})',

@@ -12,7 +12,61 @@ from torch import nn, Tensor
 from .checkpoint import save_pretrained
 
 # %% auto 0
-__all__ = ['FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
+__all__ = ['run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
+
+# %% ../nbs/04f_training.ipynb
+import os, shutil
+from pathlib import Path
+from .checkpoint import WEIGHTS_DIR, load_pretrained
+
+def run_dir() -> Path:
+    """The run folder recipes write to: `$CODI_RUN_DIR` if set, else `runs/` at the root of a source checkout, else
+    `~/.cache/codi_nb/runs`."""
+    if os.environ.get('CODI_RUN_DIR'): folder = Path(os.environ['CODI_RUN_DIR']).expanduser()
+    elif (WEIGHTS_DIR.parent.parent / 'settings.ini').exists(): folder = WEIGHTS_DIR.parent.parent / 'runs'
+    else: folder = Path.home() / '.cache' / 'codi_nb' / 'runs'
+    if folder.resolve() == WEIGHTS_DIR.resolve():
+        raise ValueError(f'CODI_RUN_DIR={folder} is the shipped weights folder; point it elsewhere and put a run\'s '
+                         'output in place with install_shipped(name).')
+    return folder
+
+def run_path(name: str) -> Path:
+    "Where a recipe saves the checkpoint `name` (without suffix): in the run folder, never among the shipped weights."
+    return run_dir() / name
+
+def smoke_mode() -> bool:
+    "True when the environment variable `CODI_SMOKE` is set to anything but '' or '0'."
+    return os.environ.get('CODI_SMOKE', '') not in ('', '0')
+
+def smoke(full, small):
+    "`small` in smoke mode (`CODI_SMOKE=1`: a recipe's handful of steps or pairs), else `full`."
+    return small if smoke_mode() else full
+
+def smoke_args(**small) -> dict:
+    "`small` in smoke mode, else {}: keyword arguments that shrink a recipe, `recipe(**smoke_args(steps=3, n=16))`."
+    return small if smoke_mode() else {}
+
+def load_run(name: str, model: nn.Module | None = None) -> nn.Module:
+    """Load the checkpoint `name` back from the run folder; with `model`, check that it holds `model`'s weights (to
+    float16 precision: recipes may store half)."""
+    back = load_pretrained(run_path(name))
+    if model is not None:
+        saved, trained = back.state_dict(), model.state_dict()
+        if set(saved) != set(trained): raise ValueError(f'{run_path(name)} holds other tensors than the model given: '
+                                                         f'{sorted(set(saved) ^ set(trained))[:5]}')
+        def close(a, b): return a.equal(b) if not a.is_floating_point() else torch.allclose(a, b.to(a), 1e-3, 1e-5)
+        bad = [k for k, v in saved.items() if not close(v, trained[k])]
+        if bad: raise ValueError(f"{run_path(name)} does not hold the given model's weights: {bad[:5]} differ")
+    return back
+
+def install_shipped(name: str, source=None, weights_dir=WEIGHTS_DIR) -> Path:
+    """Replace the shipped checkpoint `name` by a recipe's output (`source`, default `run_path(name)`): check that it
+    loads, then copy its .safetensors and .json into `weights_dir`."""
+    source = Path(source or run_path(name))
+    load_pretrained(source)
+    weights_dir = Path(weights_dir)
+    for suffix in ('.safetensors', '.json'): shutil.copyfile(f'{source}{suffix}', weights_dir / f'{name}{suffix}')
+    return weights_dir / name
 
 # %% ../nbs/05_image_vae.ipynb 20
 FOREGROUND_LEVEL = 60 / 127.5 - 1.0   # the oracle's foreground threshold (max channel > 60), in [-1, 1] units
