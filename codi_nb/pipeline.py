@@ -128,7 +128,8 @@ def _one_input(m: str, x):
     "One raw input of modality `m`: a path is read from its file, a PIL image becomes an RGB array."
     if isinstance(x, (str, os.PathLike)) and MODALITY_TABLE[m].item_ndim is not None: return read_input_file(m, x)
     if type(x).__module__.startswith('PIL') and hasattr(x, 'convert'):
-        if m != 'image': raise ValueError(f'a PIL image was given as a {m} input; PIL images are image inputs')
+        if (MODALITY_TABLE[m].item_ndim, MODALITY_TABLE[m].item_dtype) != (3, 'uint8'):      # not a picture
+            raise ValueError(f'a PIL image was given as a {m} input; PIL images are image inputs')
         return np.asarray(x.convert('RGB'))
     if MODALITY_TABLE[m].item_ndim is not None and not isinstance(x, (np.ndarray, torch.Tensor)):
         raise ValueError(f'a {m} input must be an array or a file path, got {type(x).__name__}')
@@ -312,9 +313,10 @@ def official_samples(model, items: dict[str, list], outputs: list[str], how: dic
     if several: raise ValueError(f'the released pipeline mixes one input per modality; {several} have several')
     n, mean, std = how['n'], torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
     def batch(m: str, x):
-        if m == 'text': return [x] * n
+        spec = MODALITY_TABLE[m]
+        if spec.item_ndim is None: return [x] * n                                   # captions
         x = torch.as_tensor(np.asarray(x))
-        if m == 'audio': return x.float()[None].expand(n, -1)
+        if spec.item_dtype == 'float32': return x.float()[None].expand(n, -1)       # waves
         pixels = (x.movedim(-1, -3).float() / 255 - mean) / std            # (…, 3, H, W), CLIP-normalised
         return pixels[None].expand(n, *pixels.shape)
     weights = {m: w[0] if isinstance(w, (list, tuple)) else w for m, w in how['weights'].items()}
