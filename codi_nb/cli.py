@@ -4,17 +4,16 @@
 
 # %% ../nbs/17b_command_line.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, signal, sys, tempfile, threading, time
+import argparse, json, math, shutil, sys, tempfile, time
 from pathlib import Path
 from typing import Iterable, Sequence
-import numpy as np
 import torch
 from .modalities import MODALITIES
 from .samplers import SAMPLERS, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE
 from .toyworld import FPS, PAIR_KINDS, SPLITS, ToyWorldDataset, write_mp4, write_sample_files, write_toyworld
-from .composable import ComposableGenerator, input_weights, parse_outputs, prompt_items
+from .composable import parse_outputs
 from .composable import read_input_file  # chapter 14's file reader
-from .pipeline import (CoDiPipeline, OutputError, LOCK_NAME, STAGING_PREFIX, check_out_dir, folder_lock,
+from .pipeline import (CoDiPipeline, check_weight_sum, OutputError, LOCK_NAME, STAGING_PREFIX, check_out_dir, folder_lock,
                               Terminated, interrupt_status, sigterm_interrupts, staging_folder, move_into_place,
                               earlier_outputs, output_stems, write_samples)
 
@@ -180,10 +179,7 @@ def check_generate_args(parser: argparse.ArgumentParser, args) -> tuple[list[str
         inputs = {'text': args.text} if args.text else {}
         for m in ('image', 'audio', 'video'):
             if getattr(args, m): inputs[m] = [read_input_file(m, p) for p in getattr(args, m)]
-        total, f32 = sum(input_weights(prompt_items(inputs), weights)), np.finfo(np.float32)
-        if not f32.tiny <= total <= f32.max:
-            raise ValueError(f'--weights add up to {total:g} over the inputs; the models mix them in float32, which '
-                             f'holds {f32.tiny:g} to {f32.max:g}: scale them (only their ratios matter)')
+        check_weight_sum(inputs, weights, name='--weights')              # chapter 17a's check, before any model
         check_out_dir(args.out)
     except (ValueError, FileNotFoundError) as e: parser.error(str(e))
     return outputs, inputs, weights
@@ -193,7 +189,7 @@ def generate_cli(argv=None) -> int:
     parser = generate_parser()
     args = parser.parse_args(argv)
     outputs, inputs, weights = check_generate_args(parser, args)
-    out, start, jointly = Path(args.out), time.time(), len(outputs) > 1
+    out, jointly = Path(args.out), len(outputs) > 1
     try:
         with sigterm_interrupts(), folder_lock(out):
             stale = earlier_outputs(out, output_stems(outputs, args.n), args.overwrite)

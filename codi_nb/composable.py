@@ -20,9 +20,9 @@ from .audio_codec import move_module
 
 # %% auto 0
 __all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights', 'check_sampling',
-           'ComposableGenerator', 'generate', 'read_image_input', 'read_audio_input', 'read_video_input',
-           'write_text_output', 'write_image_output', 'write_video_output', 'write_audio_output', 'read_input_file',
-           'write_output_file', 'parse_outputs']
+           'ComposableGenerator', 'generate', 'to_toyworld_size', 'read_image_input', 'read_audio_input',
+           'read_video_input', 'write_text_output', 'write_image_output', 'write_video_output', 'write_audio_output',
+           'read_input_file', 'write_output_file', 'parse_outputs']
 
 # %% ../nbs/14_composable_conditioning.ipynb
 def prompt_items(inputs: dict) -> list[tuple[str, object]]:
@@ -155,6 +155,13 @@ from .toyworld import (IMAGE_SIZE, SAMPLE_RATE, FPS, read_wav, read_video_file, 
 CLIP_SAMPLES = 2 * SAMPLE_RATE          # ToyWorld clips are 2 s long
 VIDEO_FRAMES = 8
 
+def to_toyworld_size(frames: np.ndarray, path: Path, what: str) -> np.ndarray:
+    "uint8 frames (F, H, W, 3) read from `path`, block-averaged to ToyWorld's size; other than square multiples refused"
+    h, w = frames.shape[1:3]
+    if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld {what} are {IMAGE_SIZE}x'
+                                                  f'{IMAGE_SIZE} (square multiples of that are block-averaged down)')
+    return downscale_video(frames, IMAGE_SIZE)
+
 def read_image_input(path: Path) -> np.ndarray:
     "A png as one (32, 32, 3) uint8 ToyWorld image (square multiples of 32 are block-averaged down)."
     from PIL import Image, UnidentifiedImageError
@@ -167,11 +174,7 @@ def read_image_input(path: Path) -> np.ndarray:
             else: image = np.asarray(picture.convert('RGB'))
     except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); '
                                                                     f'expected a png') from e
-    h, w = image.shape[:2]
-    if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld images are '
-                                                  f'{IMAGE_SIZE}x{IMAGE_SIZE} (square multiples of that are '
-                                                  f'block-averaged down)')
-    return downscale_video(image[None], IMAGE_SIZE)[0]
+    return to_toyworld_size(image[None], path, 'images')[0]
 
 def read_audio_input(path: Path) -> np.ndarray:
     "A wav as one 2 s clip at 16 kHz (other rates resampled; longer cut, shorter padded with silence, with a note)."
@@ -184,11 +187,7 @@ def read_audio_input(path: Path) -> np.ndarray:
 
 def read_video_input(path: Path) -> np.ndarray:
     "An mp4 or npy as one (8, 32, 32, 3) uint8 ToyWorld video."
-    frames = read_video_file(path, size=None)
-    h, w = frames.shape[1:3]
-    if h != w or h % IMAGE_SIZE: raise ValueError(f'{path.name} is {w}x{h}; ToyWorld videos are {IMAGE_SIZE}x'
-                                                  f'{IMAGE_SIZE} (square multiples of that are block-averaged down)')
-    frames = downscale_video(frames, IMAGE_SIZE)
+    frames = to_toyworld_size(read_video_file(path, size=None), path, 'videos')
     if len(frames) != VIDEO_FRAMES: raise ValueError(f'{path.name} has {len(frames)} frames; ToyWorld videos have '
                                                      f'{VIDEO_FRAMES}')
     return frames

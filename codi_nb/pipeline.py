@@ -23,8 +23,8 @@ from .toyworld import FPS, write_mp4
 # %% auto 0
 __all__ = ['LOCK_NAME', 'STAGING_PREFIX', 'MAX_STEPS', 'PIPELINE_COMPONENTS', 'OutputError', 'check_out_dir', 'folder_lock',
            'Terminated', 'interrupt_status', 'sigterm_interrupts', 'staging_folder', 'move_into_place',
-           'earlier_outputs', 'input_lists', 'check_request', 'output_stems', 'write_samples', 'CoDiResult',
-           'CoDiPipeline', 'official_samples']
+           'earlier_outputs', 'input_lists', 'check_weight_sum', 'check_request', 'output_stems', 'write_samples',
+           'CoDiResult', 'CoDiPipeline', 'official_samples']
 
 # %% ../nbs/17a_pipeline.ipynb
 class OutputError(Exception):
@@ -150,6 +150,15 @@ def input_lists(inputs) -> dict[str, list]:
     prompt_items(out)                                            # shapes, kinds, empty captions: chapter 14's checks
     return out
 
+def check_weight_sum(inputs: dict, weights: dict | None, name: str = 'weights') -> float:
+    """The sum of the inputs' weights (chapter 14's `input_weights`), refused unless float32 holds it: the models mix
+    the weights in float32, where a larger or a tinier sum becomes inf or NaN."""
+    total, f32 = sum(input_weights(prompt_items(inputs), weights)), np.finfo(np.float32)
+    if not float(f32.tiny) <= total <= float(f32.max):
+        raise ValueError(f'{name} add up to {total:g} over the inputs; the models mix them in float32, which holds '
+                         f'{f32.tiny:g} to {f32.max:g}: scale them (only their ratios matter)')
+    return total
+
 def check_request(inputs, outputs, weights=None, num_samples=1, steps=DEFAULT_STEPS, sampler=DEFAULT_SAMPLER,
                   guidance=DEFAULT_GUIDANCE, seed=0, generator=None) -> tuple[dict, list[str], dict]:
     "Every check a request needs before model work; (inputs as lists of raw items, output names, weights)."
@@ -171,11 +180,8 @@ def check_request(inputs, outputs, weights=None, num_samples=1, steps=DEFAULT_ST
         raise ValueError(f'weights must be a dict {{modality: weight}}, e.g. {{"text": 1, "audio": 0.5}}, got '
                          f'{type(weights).__name__}')
     items = input_lists(inputs)
-    try: total, f32 = sum(input_weights(prompt_items(items), weights)), np.finfo(np.float32)
+    try: check_weight_sum(items, weights)
     except (TypeError, IndexError) as e: raise ValueError(f'bad weights {weights!r}: give numbers ({e})') from None
-    if not float(f32.tiny) <= total <= float(f32.max):
-        raise ValueError(f'weights add up to {total:g} over the inputs; the models mix them in float32, which holds '
-                         f'{f32.tiny:g} to {f32.max:g}: scale them (only their ratios matter)')
     return items, outputs, dict(weights or {})
 
 # %% ../nbs/17a_pipeline.ipynb

@@ -196,10 +196,10 @@ class PromptEncoders(nn.Module):
         if not isinstance(inputs, dict) or not inputs:
             raise ValueError(f'encode takes a non-empty dict {{modality: inputs}} with modalities from {MODALITIES}')
         out = {}
-        for modality, x in inputs.items():
-            x = self._as_batch(modality, x).to(self.device)           # inputs go where the weights are
-            out[modality] = F.normalize(torch.cat([self.embed(modality, x[i:i + batch_size])
-                                                   for i in range(0, len(x), batch_size)]), dim=-1)
+        for name, x in inputs.items():
+            x = self._as_batch(name, x).to(self.device)               # inputs go where the weights are
+            out[name] = F.normalize(torch.cat([self.embed(name, x[i:i + batch_size])
+                                               for i in range(0, len(x), batch_size)]), dim=-1)
         return out
 
     def _as_batch(self, name: str, x):

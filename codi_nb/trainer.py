@@ -16,8 +16,7 @@ from safetensors.torch import save_file, load_file
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import send_to_device, set_seed
-from .training import warmup_cosine, one_cycle
-from .checkpoint import WEIGHTS_DIR
+from .training import warmup_cosine, one_cycle, outside_weights
 
 # %% auto 0
 __all__ = ['SCHEDULES', 'PRECISIONS', 'RECIPES', 'TrainConfig', 'make_schedule', 'EpochSampler', 'data_length', 'take_batch',
@@ -237,9 +236,7 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig,
           resume: bool | str | Path = False) -> TrainRun:
     """Minimise `loss_fn(model, batch, generator)` over `data` with AdamW as `config` says, on this process and any
     others `accelerate launch` started. resume: False (fresh), True (newest checkpoint in run_dir, if any) or a path."""
-    run_dir = Path(config.run_dir)
-    if run_dir.resolve().is_relative_to(WEIGHTS_DIR.resolve()):
-        raise ValueError(f'run_dir {run_dir} is inside the shipped weights ({WEIGHTS_DIR}); choose another folder')
+    run_dir = outside_weights(config.run_dir)                      # chapter 04f: runs never write the shipped files
     start_from = _resume_from(resume, run_dir)
     accelerator = _accelerator(config)
     rank, processes = accelerator.process_index, accelerator.num_processes

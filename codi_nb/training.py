@@ -12,12 +12,21 @@ from torch import nn, Tensor
 from .checkpoint import save_pretrained
 
 # %% auto 0
-__all__ = ['run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
+__all__ = ['outside_weights', 'run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
 
 # %% ../nbs/04f_training.ipynb
 import os, shutil
 from pathlib import Path
 from .checkpoint import WEIGHTS_DIR, load_pretrained
+
+def outside_weights(folder) -> Path:
+    """`folder` as a Path, refused when it is the shipped weights folder or inside it: runs write elsewhere, and
+    `install_shipped(name)` is the one step that puts a run's output among the shipped weights."""
+    folder = Path(folder)
+    if folder.resolve().is_relative_to(WEIGHTS_DIR.resolve()):
+        raise ValueError(f'{folder} is inside the shipped weights ({WEIGHTS_DIR}); write runs elsewhere and put a '
+                         f'run\'s output in place with install_shipped(name)')
+    return folder
 
 def run_dir() -> Path:
     """The run folder recipes write to: `$CODI_RUN_DIR` if set, else `runs/` at the root of a source checkout, else
@@ -25,10 +34,7 @@ def run_dir() -> Path:
     if os.environ.get('CODI_RUN_DIR'): folder = Path(os.environ['CODI_RUN_DIR']).expanduser()
     elif (WEIGHTS_DIR.parent.parent / 'settings.ini').exists(): folder = WEIGHTS_DIR.parent.parent / 'runs'
     else: folder = Path.home() / '.cache' / 'codi_nb' / 'runs'
-    if folder.resolve() == WEIGHTS_DIR.resolve():
-        raise ValueError(f'CODI_RUN_DIR={folder} is the shipped weights folder; point it elsewhere and put a run\'s '
-                         'output in place with install_shipped(name).')
-    return folder
+    return outside_weights(folder)
 
 def run_path(name: str) -> Path:
     "Where a recipe saves the checkpoint `name` (without suffix): in the run folder, never among the shipped weights."
