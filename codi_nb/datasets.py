@@ -170,7 +170,7 @@ class TarShardDataset(torch.utils.data.IterableDataset):
                  num_processes: int | None = None):
         self.shards, self.fields, self.seed, self.repeat = expand_shards(shards), fields and tuple(fields), seed, repeat
         self.readers = {**FILE_READERS, **(readers or {})}
-        if self.fields: [field_suffixes(f) for f in self.fields]                  # unknown fields fail here
+        for field in self.fields or (): field_suffixes(field)                   # an unknown field fails here
         self.process_index, self.num_processes = process_index, num_processes
         self.epoch = self.shard = self.offset = self.samples = self.incomplete = 0
 
@@ -207,7 +207,7 @@ class TarShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(f'{len(self.shards)} shard(s) cannot be split among {world} process(es) x {workers} '
                              f'worker(s): write at least {world * workers} shards, or use fewer workers')
         while True:
-            shards = self.shards_of(self.epoch, rank, world, worker, workers)
+            shards = self.shards_of(self.epoch, rank=rank, world=world, worker=worker, workers=workers)
             while self.shard < len(shards):
                 for key, members in tar_samples(shards[self.shard], skip=self.offset):
                     self.offset += 1                              # the position counts what was handed out
