@@ -106,10 +106,11 @@ def execute(names: list[str], timeout: int = 1800) -> dict:
 def configure(names: list[str]):
     import jupyter_server_mathjax
     mathjax = Path(jupyter_server_mathjax.__file__).parent / 'static'
-    shutil.copytree(mathjax, src / '_extra' / 'mathjax')  # copied as is, outside _static (whose .js files get script tags)
+    # copied as is, outside _static (whose .js files get script tags)
+    shutil.copytree(mathjax, src / '_extra' / 'mathjax')
     shutil.copy(root / 'book' / '_config.yml', src / '_config.yml')
-    first = 'chapters:\n' + ''.join(f'- file: {n}\n' for n in names[1:]) if len(names) > 1 else ''
-    (src / '_toc.yml').write_text(f'format: jb-book\nroot: {names[0]}\n{first}')
+    chapters = 'chapters:\n' + ''.join(f'- file: {n}\n' for n in names[1:]) if len(names) > 1 else ''
+    (src / '_toc.yml').write_text(f'format: jb-book\nroot: {names[0]}\n{chapters}')
 
 def render():
     exe = Path(sys.executable).parent / 'jupyter-book'           # the venv's, even when the venv is not activated
