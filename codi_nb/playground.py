@@ -56,7 +56,7 @@ class Playground:
 
     def __init__(self, pipe: CoDiPipeline | None = None, samples=None, outputs=('image',)):
         self.pipe, folder = pipe, Path(samples) if samples is not None else find_samples()
-        wide = lambda: dict(style={'description_width': '80px'}, layout=widgets.Layout(width='420px'))   # one each
+        wide = lambda: dict(style={'description_width': '110px'}, layout=widgets.Layout(width='420px'))   # one each
         self.caption = widgets.Text(placeholder='e.g. a big red circle moving left', description='caption', **wide())
         choices = [('none', None), *((str(p.relative_to(folder)), p) for p in (sample_files(folder) if folder else []))]
         self.sample = widgets.Dropdown(options=choices, description='sample file', **wide())
@@ -76,7 +76,7 @@ class Playground:
         self.show_weights()
         self._uploads = tempfile.TemporaryDirectory(prefix='codi-playground-')
         self.widget = widgets.VBox([self.caption, widgets.HBox([self.sample, self.upload]), *self.weights.values(),
-                                    widgets.HBox([widgets.Label('outputs', layout=widgets.Layout(width='80px')),
+                                    widgets.HBox([widgets.Label('outputs', layout=widgets.Layout(width='114px')),
                                                   *self.outputs.values()]),
                                     widgets.HBox([self.sampler, self.steps]), widgets.HBox([self.guidance, self.seed]),
                                     self.button, self.out])
@@ -85,7 +85,7 @@ class Playground:
     def _ipython_display_(self): display(self.widget)
 
     def given(self) -> dict[str, object]:
-        "The inputs present, by slot: the caption, the sample file's path, the latest upload ({'name', 'content', ...})."
+        "The inputs present, by slot: the caption, the sample file's path, the latest upload (a dict: name, content)."
         latest = self.upload.value[-1] if self.upload.value else None
         return {s: x for s, x in zip(self.slots, (self.caption.value.strip(), self.sample.value, latest)) if x}
 
@@ -130,7 +130,7 @@ def _views(self, result: CoDiResult) -> list:
     show = {'text': lambda x, i: [HTML(f'<p>{html.escape(str(x))}</p>')],
             'image': lambda x, i: [Image(png_bytes(x, zoom_to(x.shape[1], 128)))],
             'video': lambda x, i: [Image(png_bytes(video_strip(x), zoom_to(x.shape[2], 64))),
-                                   video_player(x, None if sound is None else sound[i], scale=zoom_to(x.shape[2], 128))],
+                                   video_player(x, sound and sound[i], scale=zoom_to(x.shape[2], 128))],
             'audio': lambda x, i: [audio_player(x)]}
     s = result.settings
     views = [HTML(f'<b>{", ".join(result.outputs)}</b> in {s["seconds"]} s: {s["sampler"]}, {s["steps"]} steps, '
