@@ -88,7 +88,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(['latent_diffusion', 'joint', 'official.loading'], 3),
     **dict.fromkeys(['composable', 'joint_sampling', 'official.pipeline', 'official'], 4),
     **dict.fromkeys(['training', 'trainer', 'datasets', 'toyworld_recipes', 'evaluation', 'devtools', 'pipeline'], 5),
-    'cli': 6}
+    **dict.fromkeys(['cli', 'playground'], 6)}
 TOYWORLD_USERS_FROM = 4          # ToyWorld may be imported from this layer up
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
