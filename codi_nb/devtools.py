@@ -4,12 +4,12 @@
 
 # %% ../nbs/90_contributing.ipynb 2
 from __future__ import annotations
-import ast
+import ast, json, re
 from pathlib import Path
 
 # %% auto 0
-__all__ = ['LAYERS', 'TOYWORLD_USERS_FROM', 'module_names', 'import_graph', 'find_cycles', 'layer_violations',
-           'modality_name_comparisons']
+__all__ = ['LAYERS', 'TOYWORLD_USERS_FROM', 'LAB_NOTE_PATTERNS', 'module_names', 'import_graph', 'find_cycles',
+           'layer_violations', 'modality_name_comparisons', 'lab_notes', 'lab_note_hits']
 
 # %% ../nbs/90_contributing.ipynb
 def module_names(package_dir) -> dict[Path, str]:
@@ -119,4 +119,44 @@ def modality_name_comparisons(package_dir, names=('text', 'image', 'video', 'aud
             literals = [e for s in sides for e in (s.elts if isinstance(s, (ast.Tuple, ast.List, ast.Set)) else [s])]
             if any(isinstance(e, ast.Constant) and e.value in names for e in literals):
                 out.append(f'{module}:{node.lineno} {ast.unparse(node)}')
+    return out
+
+# %% ../nbs/90_contributing.ipynb
+_MONTHS = 'January|February|March|April|May|June|July|August|September|October|November|December'
+_N = r'\d+(?:[.,]\d+)*'                                               # a number: 7, 0.92, 1,000
+LAB_NOTE_PATTERNS: dict[str, str] = {
+    'a date': r'\b(?:19|20)\d\d-(?:0[1-9]|1[0-2])(?:-[0-3]\d)?\b',
+    'a month and year': rf'\b(?:{_MONTHS})\s+(?:[0-3]?\d,?\s+)?(?:19|20)\d\d\b',
+    'an earlier value': rf'\b(?:was|were|used to be)\s+(?:about\s+|only\s+|at\s+)?{_N}\s?%',
+    'a retrain that gives X instead of Y': rf'\b(?:gives?|gave|reach(?:es|ed)?|scor(?:es|ed)|g[eo]ts?|f[ae]lls? to)\b'
+                                           rf'[^.;]{{0,40}}?{_N}\s?%?\s+instead of\s+{_N}',
+    'an earlier version': r'\b(?:earlier|previous|older|first) (?:\w+ )?(?:versions?|releases?|configurations?|'
+                          r'recipes?|decoders?)\b|\b(?:earlier|older) (?:\w+ )?models?\b',
+    'when it was written': r'\b(?:this|the) (?:chapter|notebook|book|section|table) was (?:written|measured)\b'
+                           r'|\bmeasured when\b',
+    'a busy machine': r'\bno GPUs? (?:was|were) (?:available|free)\b|\bwhich machine\b|\banother job\b'
+                      r'|\bother jobs?\b|\bsecond core\b|\bmachine was busy\b',
+    'before a chapter changed': r"\bbefore chapter \d+\w*'s\b",
+    'what we tried first': r'\bwe (?:first )?tried\b|\bwe first\b|\bthe book first\b|\b(?:were|was) first trained\b'
+                           r'|\bin a first run\b|\ba first fix\b|\bit turns out\b'
+                           r'|\b(?:we|it|they|this|that|which|the book|the model) used to\b',
+    'now against then': r'\bnow\b[^.]{0,250}\b(?:still shared|previously|formerly|no longer|any ?more|than before)\b'
+                        r'|\b(?:previously|formerly|originally)\b',
+}
+
+def lab_notes(text: str) -> list[tuple[str, str]]:
+    "Every lab-journal phrase in `text`: (kind, matched text), the text cut at 80 characters."
+    text = ' '.join(text.split())                                      # a phrase may wrap across lines
+    return [(kind, m.group(0)[:80]) for kind, pattern in LAB_NOTE_PATTERNS.items()
+            for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
+
+def lab_note_hits(nbs_path, skip=('91_design_log.ipynb',)) -> list[tuple[str, int, str, str]]:
+    """(notebook, cell, kind, text) for every lab-journal phrase in a markdown cell of the notebooks in `nbs_path`,
+    except those named in `skip` (the design log tells history on purpose)."""
+    out = []
+    for path in sorted(Path(nbs_path).glob('*.ipynb')):
+        if path.name in skip: continue
+        for i, cell in enumerate(json.loads(path.read_text())['cells']):
+            if cell['cell_type'] != 'markdown': continue
+            out += [(path.name, i, *hit) for hit in lab_notes(''.join(cell['source']))]
     return out

@@ -210,9 +210,9 @@ REDUCED_CLIP_VISION = dict(hidden_size=64, intermediate_size=128, num_attention_
 
 # %% ../../nbs/18c_official_encoders.ipynb
 def official_optimus_config(**changes) -> TextVAEConfig:
-    """Chapter 07's `codi_optimus` sizes with the release's embedding path (`linear_emb`) on; `changes` for reduced
-    versions."""
-    return dataclasses.replace(TextVAEConfig.codi_optimus(), latent_to_embeddings=True, **changes)
+    """The released Optimus, chapter 07's `codi_optimus()` (latent as memory and as an added embedding, `linear_emb`);
+    `changes` for reduced versions."""
+    return dataclasses.replace(TextVAEConfig.codi_optimus(), **changes)
 
 # %% ../../nbs/18c_official_encoders.ipynb
 def relative_position_index(window: int) -> Tensor:
