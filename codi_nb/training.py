@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from .checkpoint import save_pretrained
 
 # %% auto 0
-__all__ = ['outside_weights', 'run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
+__all__ = ['RESULTS_DIR', 'outside_weights', 'run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'results_file', 'save_results', 'load_results', 'percent', 'results_markdown', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
 
 # %% ../nbs/04f_training.ipynb
 import os, shutil
@@ -73,6 +73,41 @@ def install_shipped(name: str, source=None, weights_dir=WEIGHTS_DIR) -> Path:
     weights_dir = Path(weights_dir)
     for suffix in ('.safetensors', '.json'): shutil.copyfile(f'{source}{suffix}', weights_dir / f'{name}{suffix}')
     return weights_dir / name
+
+# %% ../nbs/04f_training.ipynb
+import json, tempfile
+RESULTS_DIR = Path('results')                    # beside the notebooks: the book runs with nbs/ as working folder
+
+def results_file(name: str, folder=None) -> Path:
+    "`results/<name>.json` (or in `folder`); in smoke mode in the run folder's `results/`."
+    return (Path(folder) if folder is not None else run_dir() / 'results' if smoke_mode() else RESULTS_DIR) / (
+        f'{name}.json')
+
+def save_results(name: str, results: dict, settings: dict | None = None, folder=None) -> Path:
+    "Write a measurement's `results` (and the `settings` it was made with) atomically as `results_file(name)`."
+    path = results_file(name, folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({'name': name, 'settings': settings or {}, 'results': results}, indent=1, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}-', suffix='.json', dir=path.parent)
+    with os.fdopen(fd, 'w') as f: f.write(text + '\n')
+    os.replace(tmp, path)
+    return path
+
+def load_results(name: str, folder=None) -> dict:
+    "The `results` a slow cell saved as `results/<name>.json` (never the smoke copy); a clear error when missing."
+    path = (Path(folder) if folder is not None else RESULTS_DIR) / f'{name}.json'
+    if not path.exists(): raise FileNotFoundError(f'{path} is missing: run the #|slow cell that measures {name!r} '
+                                                  f'(nbdev_test --flags slow) from the nbs/ folder')
+    return json.loads(path.read_text())['results']
+
+def percent(x: float, digits: int = 1) -> str: return f'{100 * x:.{digits}f} %'
+
+def results_markdown(rows: list[dict], columns: dict[str, str]):
+    "A markdown table (an IPython `Markdown`): one row per dict, `columns` maps each header to a key of the rows."
+    from IPython.display import Markdown
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(str(row.get(key, '')) for key in columns.values()) + ' |' for row in rows]
+    return Markdown('\n'.join(lines))
 
 # %% ../nbs/05_image_vae.ipynb 20
 FOREGROUND_LEVEL = 60 / 127.5 - 1.0   # the oracle's foreground threshold (max channel > 60), in [-1, 1] units
