@@ -208,7 +208,11 @@ def load_pretrained(path, device: str | torch.device = 'cpu', dtype: torch.dtype
         raise CheckpointError(f'{weights} is not a readable safetensors file ({e}): it is damaged or not a checkpoint. '
                               'Re-save the model with save_pretrained, or re-download / regenerate it.') from None
     check_finite(state, str(weights))
-    model = model_cls(config)
+    try: model = model_cls(config)
+    except Exception as e:                                      # a config with wrong types or values
+        raise CheckpointError(f'{meta_file}: its config does not build a {model_cls.__name__} ({type(e).__name__}: '
+                              f'{e}); the file was edited or does not match this codi_nb. Re-save or re-download '
+                              'it.') from None
     check_state_dict(model, state, source=str(weights))
     model.load_state_dict(state)
     model.to(device=device, dtype=dtype)

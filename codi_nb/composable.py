@@ -19,10 +19,10 @@ from .prompt_encoders import PromptEncoders
 from .audio_codec import move_module
 
 # %% auto 0
-__all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights', 'check_sampling',
-           'ComposableGenerator', 'generate', 'to_toyworld_size', 'read_image_input', 'read_audio_input',
-           'read_video_input', 'write_text_output', 'write_image_output', 'write_video_output', 'write_audio_output',
-           'read_input_file', 'write_output_file', 'parse_outputs']
+__all__ = ['CLIP_SAMPLES', 'VIDEO_FRAMES', 'MAX_IMAGE_SIDE', 'INPUT_READERS', 'OUTPUT_WRITERS', 'prompt_items', 'input_weights',
+           'check_sampling', 'ComposableGenerator', 'generate', 'to_toyworld_size', 'read_image_input',
+           'read_audio_input', 'read_video_input', 'write_text_output', 'write_image_output', 'write_video_output',
+           'write_audio_output', 'read_input_file', 'write_output_file', 'parse_outputs']
 
 # %% ../nbs/14_composable_conditioning.ipynb
 def prompt_items(inputs: dict) -> list[tuple[str, object]]:
@@ -154,6 +154,7 @@ from .toyworld import (IMAGE_SIZE, SAMPLE_RATE, FPS, read_wav, read_video_file, 
 
 CLIP_SAMPLES = 2 * SAMPLE_RATE          # ToyWorld clips are 2 s long
 VIDEO_FRAMES = 8
+MAX_IMAGE_SIDE = 32 * IMAGE_SIZE        # larger input pictures are refused before they are decoded
 
 def to_toyworld_size(frames: np.ndarray, path: Path, what: str) -> np.ndarray:
     "uint8 frames (F, H, W, 3) read from `path`, block-averaged to ToyWorld's size; other than square multiples refused"
@@ -167,13 +168,17 @@ def read_image_input(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as picture:
+            w, h = picture.size                               # refused before decoding: a tiny file can claim 10^10 px
+            if w != h or w % IMAGE_SIZE or w > MAX_IMAGE_SIDE: raise ValueError(
+                f'{path.name} is {w}x{h}; ToyWorld images are {IMAGE_SIZE}x{IMAGE_SIZE} (square multiples of that up '
+                f'to {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} are block-averaged down)')
             if picture.mode.startswith('I'):                  # 16- or 32-bit grayscale: scale to 8 bits, not clip
                 gray = np.asarray(picture, np.float64)
                 gray = gray / 257 if picture.mode.startswith('I;16') or gray.max(initial=0) > 255 else gray
                 image = np.repeat(gray.clip(0, 255).round().astype(np.uint8)[..., None], 3, axis=-1)
             else: image = np.asarray(picture.convert('RGB'))
-    except (UnidentifiedImageError, OSError) as e: raise ValueError(f'could not read {path} as an image ({e}); '
-                                                                    f'expected a png') from e
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f'could not read {path} as an image ({e}); expected a png') from e
     return to_toyworld_size(image[None], path, 'images')[0]
 
 def read_audio_input(path: Path) -> np.ndarray:

@@ -25,13 +25,26 @@ __all__ = ['OFFICIAL_ENCODERS_FILE', 'OFFICIAL_ENCODERS', 'OFFICIAL_ENCODER_PREF
 # %% ../../nbs/18d_official_loading.ipynb
 def read_official_state_dict(path) -> dict[str, Tensor]:
     "The tensors of a `.pth` file, read with `weights_only=True` (no code runs); a nested 'state_dict' is unwrapped."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f'no released CoDi file at {path}')
+    with open(path, 'rb') as f: head = f.read(9)
+    if path.suffix == '.safetensors' or (len(head) == 9 and head[8:] == b'{'):    # 8-byte length, then a JSON header
+        raise ValueError(f'{path} is a safetensors file, not a released CoDi .pth; load a codi_nb checkpoint with '
+                         'load_pretrained (chapter 03a), or any other with safetensors.torch.load_file')
+    if not (head.startswith(b'PK') or head.startswith(b'\x80')):    # torch.save writes a zip, or a pickle (older)
+        what = 'empty' if not head else 'neither a zip nor a pickle'
+        raise ValueError(f'{path} is not a readable PyTorch file ({what}); give a released CoDi .pth, downloaded '
+                         'again if it may be damaged')
     try: obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e)) or re.search(r'Unpickler error:\s*(.+)', str(e))
         raise ValueError(f'{path} holds pickled objects that are not tensors '
-                         f'({found.group(1) if found else "see the torch message above"}); '
+                         f'({found.group(1) if found else "torch.load refused it"}); '
                          'refusing to unpickle them (weights_only=True). Only plain state dicts of tensors are '
-                         'loaded.') from e
+                         'loaded.') from None
+    except Exception as e:                               # a cut zip (RuntimeError), a cut pickle (EOFError), ...
+        raise ValueError(f'{path} is not a readable PyTorch file ({type(e).__name__}: {e}); give a released CoDi '
+                         '.pth, downloaded again if it may be damaged') from None
     if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict): obj = obj['state_dict']
     if not isinstance(obj, dict): raise TypeError(f'{path} holds a {type(obj).__name__}, not a state dict')
     not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, Tensor))
