@@ -464,7 +464,7 @@ def train_toyworld_ldm(modality: str, seed: int = 0, encoders: PromptEncoders | 
                         final_loss=float(np.mean(losses[-100:])), cpu_seconds=round(time.process_time() - start)))
     return model
 
-# %% ../nbs/11_video_ldm.ipynb 30
+# %% ../nbs/11_video_ldm.ipynb 29
 from .training import tune_decoder_on_generations
 
 def tune_toyworld_video_decoder(n: int = 1200, data_seed: int = 11, save_to=None, **settings):

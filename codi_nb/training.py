@@ -203,7 +203,7 @@ def train_latent_diffusion(model: LatentDiffusion, latents: Tensor, conditions: 
     model.load_state_dict(ema.state_dict())
     return losses
 
-# %% ../nbs/11_video_ldm.ipynb 29
+# %% ../nbs/11_video_ldm.ipynb 28
 from .samplers import DDIMSampler, sample_loop
 from .image_vae import encode_to_latent, images_to_tensor
 
