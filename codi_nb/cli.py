@@ -18,8 +18,8 @@ from .pipeline import (CoDiPipeline, check_weight_sum, OutputError, LOCK_NAME, S
                               earlier_outputs, output_stems, write_samples)
 
 # %% auto 0
-__all__ = ['CLIError', 'DTYPES', 'report_error', 'toyworld_parser', 'earlier_toyworld', 'toyworld_bytes', 'toyworld_cli',
-           'parse_weights', 'generate_parser', 'check_generate_args', 'generate_cli']
+__all__ = ['CLIError', 'DTYPES', 'MAX_SAMPLES', 'report_error', 'toyworld_parser', 'earlier_toyworld', 'toyworld_bytes',
+           'toyworld_cli', 'parse_weights', 'generate_parser', 'check_generate_args', 'generate_cli']
 
 # %% ../nbs/17b_command_line.ipynb
 CLIError = OutputError          # a failure a command reports as one line `prog: error: ...`, exit status 1
@@ -127,6 +127,7 @@ def parse_weights(text: str | None) -> dict[str, float]:
 
 # %% ../nbs/17b_command_line.ipynb
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+MAX_SAMPLES = 1000            # one run's samples are held in memory until they are written, all at the end
 
 def generate_parser() -> argparse.ArgumentParser:
     "The arguments of `codi-generate`."
@@ -140,7 +141,9 @@ def generate_parser() -> argparse.ArgumentParser:
                         'ratios matter)')
     parser.add_argument('--to', required=True, help='output modality, or several separated by commas (generated '
                         'together): ' + ', '.join(MODALITIES))
-    parser.add_argument('--n', type=int, default=1, help='number of samples (default 1)')
+    parser.add_argument('--n', type=int, default=1, help=f'number of samples, 1 to {MAX_SAMPLES} (default 1)')
+    parser.add_argument('--batch-size', type=int, default=8, help='samples generated at a time (default 8); a '
+                        'progress bar counts them')
     parser.add_argument('--seed', type=int, default=0, help='random seed, 0 to 2**32-1 (default 0)')
     parser.add_argument('--steps', type=int, default=DEFAULT_STEPS, help=f'sampler steps, 1 to 1000 '
                         f'(default {DEFAULT_STEPS})')
@@ -162,7 +165,10 @@ def check_generate_args(parser: argparse.ArgumentParser, args) -> tuple[list[str
     "Every check that needs no model, the output folder last; the first failure is a usage error (exit 2)."
     try: outputs = parse_outputs(args.to)
     except ValueError as e: parser.error(f'--to: {e}')
-    if args.n < 1: parser.error(f'--n must be at least 1, got {args.n}')
+    if not 1 <= args.n <= MAX_SAMPLES:
+        parser.error(f'--n must be between 1 and {MAX_SAMPLES}, got {args.n}: for more, run again with another --seed '
+                     f'into another folder')
+    if args.batch_size < 1: parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
     if not 1 <= args.steps <= 1000: parser.error(f'--steps must be between 1 and 1000, got {args.steps}')
     if not 0 <= args.seed < 2**32: parser.error(f'--seed must be between 0 and 2**32-1 = {2**32 - 1}, got {args.seed}')
     if not (math.isfinite(args.guidance) and args.guidance >= 0):
@@ -188,7 +194,9 @@ def generate_cli(argv=None) -> int:
     "Command line `codi-generate`: captions and files in; samples of one or several outputs out, as files with a JSON."
     parser = generate_parser()
     args = parser.parse_args(argv)
-    outputs, inputs, weights = check_generate_args(parser, args)
+    try: outputs, inputs, weights = check_generate_args(parser, args)
+    except KeyboardInterrupt as e:                            # Ctrl-C while input files are read: nothing written yet
+        return report_error('codi-generate', 'interrupted before any output was written', status=interrupt_status(e))
     out, jointly = Path(args.out), len(outputs) > 1
     try:
         with sigterm_interrupts(), folder_lock(out):
@@ -198,7 +206,8 @@ def generate_cli(argv=None) -> int:
                   f'steps, guidance {args.guidance}{", jointly" if jointly else ""})', file=sys.stderr)
             pipe = CoDiPipeline.from_pretrained().to(device=args.device, dtype=DTYPES[args.dtype])
             result = pipe(inputs, outputs, weights=weights, num_samples=args.n, steps=args.steps,
-                          sampler=args.sampler, guidance=args.guidance, seed=args.seed, progress=True)
+                          sampler=args.sampler, guidance=args.guidance, seed=args.seed, progress=True,
+                          batch_size=args.batch_size)
             result.settings['inputs'] = {m: getattr(args, m) for m in MODALITIES}      # the files, as named
             result.write_staged(out, stale)                                 # the settings JSON moves in last
     except KeyboardInterrupt as e:

@@ -87,7 +87,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(['image_vae', 'audio_codec', 'text_vae', 'prompt_encoders', 'environment', 'official.encoders'], 2),
     **dict.fromkeys(['latent_diffusion', 'joint', 'official.loading'], 3),
     **dict.fromkeys(['composable', 'joint_sampling', 'official.pipeline', 'official'], 4),
-    **dict.fromkeys(['training', 'trainer', 'toyworld_recipes', 'evaluation', 'devtools', 'pipeline'], 5),
+    **dict.fromkeys(['training', 'trainer', 'datasets', 'toyworld_recipes', 'evaluation', 'devtools', 'pipeline'], 5),
     'cli': 6}
 TOYWORLD_USERS_FROM = 4          # ToyWorld may be imported from this layer up
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17a_pipeline.ipynb 2
 from __future__ import annotations
-import contextlib, dataclasses, json, math, numbers, os, shutil, signal, tempfile, threading, time
+import contextlib, dataclasses, json, math, numbers, os, shutil, signal, sys, tempfile, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,9 +22,9 @@ from .toyworld import FPS, write_mp4
 
 # %% auto 0
 __all__ = ['LOCK_NAME', 'STAGING_PREFIX', 'MAX_STEPS', 'PIPELINE_COMPONENTS', 'OutputError', 'check_out_dir', 'folder_lock',
-           'Terminated', 'interrupt_status', 'sigterm_interrupts', 'staging_folder', 'move_into_place',
-           'earlier_outputs', 'input_lists', 'check_weight_sum', 'check_request', 'output_stems', 'write_samples',
-           'CoDiResult', 'CoDiPipeline', 'official_samples']
+           'remove_stale_lock', 'process_exists', 'Terminated', 'interrupt_status', 'sigterm_interrupts',
+           'staging_folder', 'move_into_place', 'earlier_outputs', 'input_lists', 'check_weight_sum', 'check_request',
+           'output_stems', 'write_samples', 'CoDiResult', 'CoDiPipeline', 'batch_sizes', 'official_samples']
 
 # %% ../nbs/17a_pipeline.ipynb
 class OutputError(Exception):
@@ -47,16 +47,44 @@ def check_out_dir(out) -> Path:
 
 @contextlib.contextmanager
 def folder_lock(out: Path):
-    "Hold the lock file `out/.codi-lock` (created with O_CREAT|O_EXCL: one run per folder) while the block runs."
+    """Hold the lock file `out/.codi-lock` (created with O_CREAT|O_EXCL: one run per folder) while the block runs. A
+    lock left by a run that was killed (its process is gone) is taken over, with a word on stderr."""
     path = out / LOCK_NAME
-    try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        raise OutputError(f'{out} is in use by another run (its lock file {path} exists); wait for that run to end, '
-                          f'or delete the lock file if no run is writing there') from None
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644); break
+        except FileExistsError:
+            if attempt or not remove_stale_lock(path):
+                raise OutputError(f'{out} is in use by another run (its lock file {path} exists); wait for that run '
+                                  f'to end, or delete the lock file if no run is writing there') from None
     try:
         with os.fdopen(fd, 'w') as f: f.write(f'{os.getpid()}\n')
         yield path
     finally: path.unlink(missing_ok=True)
+
+def remove_stale_lock(path: Path) -> bool:
+    """Remove the lock file `path` if it names a process that is no longer running (a run killed with SIGKILL leaves
+    its lock behind); True if removed. The file is first renamed to a name of this process's own, so two runs that
+    find the same stale lock cannot both remove it, and a live lock taken by mistake is put back."""
+    mine = path.with_name(f'{path.name}.stale-{os.getpid()}')
+    try: os.rename(path, mine)
+    except FileNotFoundError: return True                      # another run removed it first: try to take it
+    if process_exists(mine):
+        try: os.link(mine, path)                               # put it back, unless a new lock was taken meanwhile
+        except FileExistsError: pass
+        mine.unlink(); return False
+    mine.unlink()
+    print(f'removed the lock file {path}: the run that held it is no longer running', file=sys.stderr)
+    return True
+
+def process_exists(lock: Path) -> bool:
+    "Whether the process a lock file names still runs; a lock without a readable process number counts as running."
+    try: pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError): return True      # being written, or not ours to judge
+    try: os.kill(pid, 0)                                       # signal 0 only asks whether the process exists
+    except ProcessLookupError: return False
+    except PermissionError: return True                        # it exists, run by another user
+    return True
 
 class Terminated(KeyboardInterrupt):
     "SIGTERM, raised as an interruption like Ctrl-C's `KeyboardInterrupt`."
@@ -286,29 +314,49 @@ class CoDiPipeline:
 
     def __call__(self, inputs: dict, outputs, weights: dict | None = None, num_samples: int = 1,
                  steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, guidance: float = DEFAULT_GUIDANCE,
-                 seed: int = 0, generator: torch.Generator | None = None, progress: bool = True) -> CoDiResult:
+                 seed: int = 0, generator: torch.Generator | None = None, progress: bool = True,
+                 batch_size: int | None = None) -> CoDiResult:
         """`num_samples` samples of every output in `outputs` from any mix of `inputs`: one output with the composable
-        generator (chapter 14), several together with the joint sampler (chapter 17)."""
+        generator (chapter 14), several together with the joint sampler (chapter 17); at most `batch_size` at a time."""
         items, outputs, weights = check_request(inputs, outputs, weights, num_samples, steps, sampler, guidance, seed,
                                                 generator)
-        start, jointly = time.time(), len(outputs) > 1
-        how = dict(weights=weights, n=num_samples, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
-                   generator=generator, progress=progress)
-        with self.precision():
-            if self.official is not None:
-                samples, lookahead = official_samples(self.official, items, outputs, how), None
-            elif jointly:
-                samples = self.generator.generate_jointly(items, outputs, **how)
-                lookahead = self.generator.joint.config.sampling_lookahead    # what the connectors were trained for
-            else: samples, lookahead = {outputs[0]: self.generator.generate(items, outputs[0], **how)}, None
+        parts = batch_sizes(num_samples, batch_size)
+        start, jointly, given_generator = time.time(), len(outputs) > 1, generator is not None
+        if len(parts) > 1 and generator is None and self.official is None:    # one stream of noise across batches
+            generator = torch.Generator().manual_seed(seed)
+        from tqdm.auto import tqdm                                  # imported when a pipeline runs, not at import
+        samples, bar = {}, tqdm(total=num_samples, desc='samples', disable=not progress or len(parts) == 1)
+        for k, n in enumerate(parts):
+            how = dict(weights=weights, n=n, steps=steps, sampler=sampler, guidance=guidance,
+                       seed=(seed + k) % 2**32, generator=generator, progress=progress and len(parts) == 1)
+            for m, made in self.generate_batch(items, outputs, how).items(): samples.setdefault(m, []).extend(made)
+            bar.update(n)
+        bar.close()
         given = {m: [x if isinstance(x, str) else f'{type(x).__name__} {tuple(np.shape(x))}' for x in v]
                  for m, v in items.items()}
+        lookahead = self.generator.joint.config.sampling_lookahead if jointly and self.official is None else None
         settings = dict(inputs={m: given.get(m, []) for m in MODALITIES}, weights=weights or 'all 1', to=outputs,
-                        jointly=jointly, lookahead=lookahead, n=num_samples,
-                        seed=None if generator is not None else seed, steps=steps, sampler=sampler, guidance=guidance,
+                        jointly=jointly, lookahead=lookahead, n=num_samples, batch_size=max(parts),
+                        seed=None if given_generator else seed, steps=steps, sampler=sampler, guidance=guidance,
                         device=str(self.device), dtype=str(self.dtype).removeprefix('torch.'),
                         seconds=round(time.time() - start, 2))
         return CoDiResult(samples, settings)
+
+    def generate_batch(self, items: dict, outputs: list[str], how: dict) -> dict[str, list]:
+        "One batch of a checked request (`how`: the generators' keyword arguments): {output: samples}."
+        with self.precision():
+            if self.official is not None: return official_samples(self.official, items, outputs, how)
+            if len(outputs) > 1: return self.generator.generate_jointly(items, outputs, **how)
+            return {outputs[0]: self.generator.generate(items, outputs[0], **how)}
+
+def batch_sizes(n: int, batch_size: int | None) -> list[int]:
+    """`n` samples in batches of at most `batch_size` (None: one batch). Batches after the first continue the first
+    one's random stream (the released model: seed + k for batch k), so a seed's samples may depend on the batch size."""
+    if batch_size is None: return [n]
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f'batch_size must be an integer >= 1 (or None: all samples at once), got {batch_size!r}')
+    return [min(batch_size, n - i) for i in range(0, n, batch_size)]
+
 
 # %% ../nbs/17a_pipeline.ipynb
 def official_samples(model, items: dict[str, list], outputs: list[str], how: dict) -> dict[str, list]:

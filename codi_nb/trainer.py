@@ -20,9 +20,9 @@ from .training import warmup_cosine, one_cycle, outside_weights
 
 # %% auto 0
 __all__ = ['SCHEDULES', 'PRECISIONS', 'RECIPES', 'TrainConfig', 'make_schedule', 'EpochSampler', 'data_length', 'take_batch',
-           'update_ema', 'rng_state', 'set_rng_state', 'list_checkpoints', 'save_checkpoint', 'TrainRun', 'train',
-           'Recipe', 'register_recipe', 'regression_recipe', 'image_vae_recipe', 'read_run_config', 'train_parser',
-           'train_cli']
+           'StreamSampler', 'update_ema', 'rng_state', 'set_rng_state', 'list_checkpoints', 'save_checkpoint',
+           'TrainRun', 'train', 'Recipe', 'register_recipe', 'regression_recipe', 'image_vae_recipe', 'read_run_config',
+           'train_parser', 'train_cli']
 
 # %% ../nbs/04i_trainer.ipynb
 SCHEDULES = ('warmup_cosine', 'one_cycle', 'constant')
@@ -125,6 +125,27 @@ def take_batch(data, index: Tensor):
         return type(data)(v[index] for v in data)
     return torch.utils.data.default_collate([data[int(i)] for i in index])
 
+class StreamSampler:
+    """Batches of an iterable dataset, read by this process in the stream's own order; the state is the stream's
+    position (its `state_dict()`), so a stream that can restore one resumes exactly."""
+    def __init__(self, data: torch.utils.data.IterableDataset):
+        if not all(callable(getattr(data, name, None)) for name in ('state_dict', 'load_state_dict')):
+            raise ValueError(f'{type(data).__name__} is an IterableDataset without state_dict()/load_state_dict(): '
+                             'the trainer cannot checkpoint its position; give it those two methods (a position '
+                             'that iter() continues from), or use a map-style dataset')
+        self.data, self._items = data, None
+
+    def take(self, k: int):
+        "The next k examples of the stream, collated."
+        if self._items is None: self._items = iter(self.data)
+        out = [x for _, x in zip(range(k), self._items)]
+        if len(out) < k: raise ValueError(f'{type(self.data).__name__} ended after {len(out)} of a batch of {k}; '
+                                          'the trainer counts steps, not epochs: give a stream that repeats')
+        return torch.utils.data.default_collate(out)
+
+    def state_dict(self) -> dict: return self.data.state_dict()
+    def load_state_dict(self, state: dict): self.data.load_state_dict(state); self._items = None
+
 # %% ../nbs/04i_trainer.ipynb
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float):
@@ -166,7 +187,8 @@ def _tensors(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to('cpu').clone().contiguous() for k, v in module.state_dict().items()}
 
 def save_checkpoint(run_dir, step: int, accelerator: Accelerator, model: nn.Module, ema: nn.Module | None,
-                    optimizer, scheduler, sampler: EpochSampler, generator: torch.Generator, keep: int) -> Path:
+                    optimizer, scheduler, sampler: EpochSampler | StreamSampler, generator: torch.Generator,
+                    keep: int) -> Path:
     """Write `run_dir/checkpoint-{step:06d}` atomically (every process writes into a `.tmp` folder, then the main
     process renames it) and delete all but the newest `keep` checkpoints."""
     final = Path(run_dir) / f'checkpoint-{step:06d}'
@@ -175,13 +197,16 @@ def save_checkpoint(run_dir, step: int, accelerator: Accelerator, model: nn.Modu
         shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(generator), tmp / f'rng-{accelerator.process_index}.pt')
+    if isinstance(sampler, StreamSampler):                  # each process reads its own stream: its own position
+        torch.save(sampler.state_dict(), tmp / f'data-{accelerator.process_index}.pt')
     if accelerator.is_main_process:
         save_file(_tensors(accelerator.unwrap_model(model)), str(tmp / 'model.safetensors'))
         if ema is not None: save_file(_tensors(ema), str(tmp / 'ema.safetensors'))
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        shared = None if isinstance(sampler, StreamSampler) else sampler.state_dict()
         torch.save({'step': step, 'optimizer': _plain(optimizer.state_dict()),
                     'scheduler': _plain(scheduler.state_dict()),
-                    'sampler': sampler.state_dict(), 'scaler': scaler, 'processes': accelerator.num_processes},
+                    'sampler': shared, 'scaler': scaler, 'processes': accelerator.num_processes},
                    tmp / 'state.pt')
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -244,7 +269,8 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig,
         raise ValueError(f'batch_size {config.batch_size} must be divisible by the number of processes ({processes})')
     set_seed(config.seed, device_specific=True)
     if config.gradient_checkpointing: _enable_gradient_checkpointing(model)
-    sampler = EpochSampler(data_length(data), config.seed)
+    stream = isinstance(data, torch.utils.data.IterableDataset)
+    sampler = StreamSampler(data) if stream else EpochSampler(data_length(data), config.seed)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, rank]).generate_state(1)[0]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -253,7 +279,12 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig,
         model.load_state_dict(load_file(str(start_from / 'model.safetensors')))
         state = torch.load(start_from / 'state.pt', map_location='cpu', weights_only=True)
         optimizer.load_state_dict(state['optimizer']); scheduler.load_state_dict(state['scheduler'])
-        sampler.load_state_dict(state['sampler']); step = state['step']
+        if not stream: sampler.load_state_dict(state['sampler'])
+        elif not (start_from / f'data-{rank}.pt').exists() or state['processes'] != processes:
+            raise ValueError(f'{start_from} holds no stream position for process {rank} of {processes} (it was '
+                             f'written by {state["processes"]} process(es)); resume a stream with as many processes')
+        else: sampler.load_state_dict(torch.load(start_from / f'data-{rank}.pt', weights_only=True))
+        step = state['step']
     ema = copy.deepcopy(model).requires_grad_(False).eval() if config.ema_decay else None
     if ema is not None and start_from is not None: ema.load_state_dict(load_file(str(start_from / 'ema.safetensors')))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -273,8 +304,9 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig,
     while step < config.steps:
         total = torch.zeros((), device=accelerator.device)
         for _ in range(config.grad_accum):
-            index = sampler.take(config.batch_size)[rank * share:(rank + 1) * share]   # this process's slice
-            batch = send_to_device(take_batch(data, index), accelerator.device)
+            if stream: batch = sampler.take(share)                       # this process's own stream
+            else: batch = take_batch(data, sampler.take(config.batch_size)[rank * share:(rank + 1) * share])
+            batch = send_to_device(batch, accelerator.device)
             with accelerator.accumulate(model):
                 with accelerator.autocast(): loss = loss_fn(model, batch, generator)
                 accelerator.backward(loss)
