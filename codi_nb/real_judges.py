@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn, Tensor
 from .audio_codec import LogMel, MelConfig
-from .real_data import CLASS_NAMES, SPEECH_RATE, fashion_mnist, spoken_names
+from .real_data import CLASS_NAMES, SPEECH_RATE, fashion_mnist, speak, speech_voices, spoken_names
 
 # %% auto 0
 __all__ = ['PIXEL_MEAN', 'PIXEL_STD', 'judge_pixels', 'ImageJudgeConfig', 'ImageJudge', 'judge_batches', 'classify_images',
@@ -35,7 +35,7 @@ def _conv(i: int, o: int) -> nn.Sequential:
 
 @dataclasses.dataclass
 class ImageJudgeConfig:
-    widths: tuple = (16, 32, 64)
+    widths: tuple = (24, 48, 96)
     num_classes: int = 10
 
 class ImageJudge(nn.Module):
@@ -75,9 +75,10 @@ def _shift_flip(x: Tensor, generator: torch.Generator, pad: int = 2) -> Tensor:
     flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
-def train_image_judge(epochs: int = 2, n: int | None = None, batch: int = 128, lr: float = 3e-3, seed: int = 0,
-                      config: ImageJudgeConfig | None = None) -> ImageJudge:
-    "Train an ImageJudge on Fashion-MNIST's training split (the first `n` images if given)."
+def train_image_judge(epochs: int = 4, n: int | None = None, batch: int = 128, lr: float = 3e-3, seed: int = 0,
+                      config: ImageJudgeConfig | None = None, log=None) -> ImageJudge:
+    """Train an ImageJudge on Fashion-MNIST's training split (the first `n` images if given); `log(epoch, judge)` after
+    each epoch (in eval mode)."""
     from codi_nb.training import one_cycle
     images, labels = fashion_mnist('train')
     x, y = judge_pixels(images[:n]), torch.from_numpy(labels[:n])
@@ -87,12 +88,13 @@ def train_image_judge(epochs: int = 2, n: int | None = None, batch: int = 128, l
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = one_cycle(opt, lr, steps)
     step = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - batch + 1, batch):
             idx = order[i:i + batch]
             loss = F.cross_entropy(judge.head(judge.body(_shift_flip(x[idx], g))), y[idx])
             opt.zero_grad(); loss.backward(); opt.step(); sched.step(); step += 1
+        if log is not None: log(epoch, judge.eval()); judge.train()
     return judge.eval()
 
 # %% ../nbs/19b_real_judges.ipynb
@@ -171,8 +173,8 @@ def train_speech_judge(steps: int = 800, per_voice: int = 2, batch: int = 32, lr
                        config: SpeechJudgeConfig | None = None, voices: int | None = None) -> SpeechJudge:
     "Train a SpeechJudge on the class names spoken by the training voices (the first `voices` of them if given)."
     from codi_nb.training import one_cycle
-    waves, labels = spoken_names('train', per_voice=per_voice, seed=seed)
-    if voices is not None: waves, labels = waves[:voices * 10], labels[:voices * 10]
+    chosen = speech_voices('train', per_voice, seed)[:voices]          # the voices of spoken_names('train', ...)
+    waves, labels = [speak(name, *v) for v in chosen for name in CLASS_NAMES], np.tile(np.arange(10), len(chosen))
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     judge = SpeechJudge(config).train()
     x, y = pad_waves(waves, judge.config.seconds), torch.from_numpy(labels)
