@@ -57,6 +57,8 @@ CHECKPOINT_CLASSES = {
     'EnvironmentEncoderConfig': 'environment', 'EnvironmentEncoder': 'environment',
     'EnvironmentEncodersConfig': 'environment', 'EnvironmentEncoders': 'environment',
     'JointConfig': 'joint', 'JointLayers': 'joint',
+    'ImageJudgeConfig': 'real_judges', 'ImageJudge': 'real_judges',
+    'SpeechJudgeConfig': 'real_judges', 'SpeechJudge': 'real_judges',
     'OfficialUNetConfig': 'official.unets', 'OfficialAudioUNet': 'official.unets',
     'OfficialVideoUNetConfig': 'official.unets', 'OfficialVideoUNet': 'official.unets',
     'OfficialTextUNetConfig': 'official.unets', 'OfficialTextUNet': 'official.unets',

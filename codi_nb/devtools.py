@@ -84,10 +84,12 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS: dict[str, int] = {
     **dict.fromkeys(['__init__', '_modidx', 'modalities', 'schedule', 'samplers', 'checkpoint', 'official.release'], 0),
     **dict.fromkeys(['unet', 'video_unet', 'text_unet', 'official.unets'], 1),
-    **dict.fromkeys(['image_vae', 'audio_codec', 'text_vae', 'prompt_encoders', 'environment', 'official.encoders'], 2),
+    **dict.fromkeys(['image_vae', 'audio_codec', 'text_vae', 'prompt_encoders', 'environment', 'official.encoders',
+                     'real_data'], 2),
     **dict.fromkeys(['latent_diffusion', 'joint', 'official.loading'], 3),
     **dict.fromkeys(['composable', 'joint_sampling', 'official.pipeline', 'official'], 4),
-    **dict.fromkeys(['training', 'trainer', 'datasets', 'toyworld_recipes', 'evaluation', 'devtools', 'pipeline'], 5),
+    **dict.fromkeys(['training', 'trainer', 'datasets', 'toyworld_recipes', 'evaluation', 'devtools', 'pipeline',
+                     'real_judges'], 5),
     **dict.fromkeys(['cli', 'playground'], 6)}
 TOYWORLD_USERS_FROM = 4          # ToyWorld may be imported from this layer up
 
