@@ -4,7 +4,7 @@
 
 # %% ../nbs/04j_datasets.ipynb 3
 from __future__ import annotations
-import bisect, hashlib, io, json, os, re, tarfile, urllib.request, warnings
+import bisect, io, json, os, re, tarfile, urllib.request, warnings
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 import numpy as np
@@ -20,7 +20,7 @@ from .toyworld.world import SAMPLE_RATE, resample
 __all__ = ['Source', 'FILE_READERS', 'EXTRA_SUFFIXES', 'CACHE_INDEX', 'read_text_file', 'read_json_file', 'read_image_file',
            'read_sound_file', 'read_array_file', 'read_mp4_file', 'field_suffixes', 'field_key', 'suffix_readers',
            'FolderDataset', 'expand_shards', 'tar_samples', 'TarShardDataset', 'encode_member', 'write_shards',
-           'file_sha256', 'cache_latents', 'LatentCacheDataset']
+           'cache_latents', 'LatentCacheDataset']
 
 # %% ../nbs/04j_datasets.ipynb
 Source = str | os.PathLike | BinaryIO         # a file's path, or an open binary file (a tar member)
@@ -282,12 +282,7 @@ def write_shards(samples: Iterable[dict], folder, per_shard: int = 1000,
 # %% ../nbs/04j_datasets.ipynb
 CACHE_INDEX = 'index.json'
 
-def file_sha256(path) -> str:
-    "The SHA-256 digest of a file, read in blocks."
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): digest.update(block)
-    return digest.hexdigest()
+from .checkpoint import file_sha256          # chapter 03a's: SHA-256 of a file, read in blocks
 
 def _write_atomic(path: Path, text: str):
     temporary = path.with_name(path.name + '.tmp'); temporary.write_text(text); os.replace(temporary, path)
