@@ -284,8 +284,7 @@ CACHE_INDEX = 'index.json'
 
 from .checkpoint import file_sha256          # chapter 03a's: SHA-256 of a file, read in blocks
 
-def _write_atomic(path: Path, text: str):
-    temporary = path.with_name(path.name + '.tmp'); temporary.write_text(text); os.replace(temporary, path)
+from .training import write_text_atomic      # chapter 04f's: temporary file, then os.replace
 
 def _batches(dataset, size: int) -> Iterator[list]:
     items = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, '__getitem__') else iter(dataset)
@@ -334,7 +333,7 @@ def cache_latents(dataset, encode_fn: Callable, folder, shard_size: int = 4096, 
     if keys: flush(len(keys))
     index = {'format': 'codi_nb latent cache', 'version': 1, 'encoder': name, 'count': count,
              'fields': {k: {'shape': list(s), 'dtype': d} for k, (s, d) in fields.items()}, 'shards': shards}
-    _write_atomic(folder / CACHE_INDEX, json.dumps(index, indent=1))
+    write_text_atomic(folder / CACHE_INDEX, json.dumps(index, indent=1))
     return index
 
 # %% ../nbs/04j_datasets.ipynb

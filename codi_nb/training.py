@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from .checkpoint import save_pretrained
 
 # %% auto 0
-__all__ = ['RESULTS_DIR', 'outside_weights', 'run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'results_file', 'save_results', 'load_results', 'percent', 'results_markdown', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
+__all__ = ['RESULTS_DIR', 'outside_weights', 'run_dir', 'run_path', 'smoke_mode', 'smoke', 'smoke_args', 'load_run', 'install_shipped', 'results_file', 'write_text_atomic', 'save_results', 'load_results', 'percent', 'results_markdown', 'FOREGROUND_LEVEL', 'reconstruction_loss', 'posterior_means', 'warmup_cosine', 'one_cycle', 'beta_schedule', 'train_contrastive', 'train_latent_diffusion', 'tune_decoder_on_generations', 'PAPER_STAGES', 'noisy', 'sample_timesteps', 'copy_shared_weights', 'train_environment_encoders', 'set_trainable', 'train_joint_stage']
 
 # %% ../nbs/04f_training.ipynb
 import os, shutil
@@ -83,15 +83,19 @@ def results_file(name: str, folder=None) -> Path:
     return (Path(folder) if folder is not None else run_dir() / 'results' if smoke_mode() else RESULTS_DIR) / (
         f'{name}.json')
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    "Write `text` to a fresh temporary file beside `path`, then move it into place (`os.replace`): never half-written."
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}-', dir=path.parent)
+    with os.fdopen(fd, 'w') as f: f.write(text)
+    os.replace(tmp, path)
+    return path
+
 def save_results(name: str, results: dict, settings: dict | None = None, folder=None) -> Path:
     "Write a measurement's `results` (and the `settings` it was made with) atomically as `results_file(name)`."
     path = results_file(name, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({'name': name, 'settings': settings or {}, 'results': results}, indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}-', suffix='.json', dir=path.parent)
-    with os.fdopen(fd, 'w') as f: f.write(text + '\n')
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text + '\n')
 
 def load_results(name: str, folder=None) -> dict:
     "The `results` a slow cell saved as `results/<name>.json` (never the smoke copy); a clear error when missing."
